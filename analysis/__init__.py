@@ -1,0 +1,1 @@
+"""Stage 3 of the flow: SQL forensics, the timeline, attribution, charts and reports."""

@@ -1,0 +1,5 @@
+import sys
+
+from crashlab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,72 @@
+"""What every importer returns, and the errors it raises.
+
+An importer (one module per source format in this folder) turns one file into canonical rows.
+It does not validate prices or compute ids and never writes: `ingest.pipeline` does that the same
+way for all formats, so the rule "every row read is written or quarantined" lives in one place.
+
+Each table frame carries the canonical columns minus `event_id`, `source_id` (added by the
+pipeline) plus `_row`: the source unit the row came from (the 1-based line number for CSV files).
+A unit is written only if every table row derived from it passes validation; otherwise all its
+rows are dropped and the unit is quarantined once, so `rows_read = written + quarantined` counts
+source units, whatever fan-out a format has (a 25-level snapshot line makes 50 book rows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any, Protocol
+
+import polars as pl
+
+QUARANTINE_COLUMNS = {"_row": pl.Int64, "reason": pl.String, "raw": pl.String}
+
+
+class FormatError(Exception):
+    """The file is not what its name or header says (or is truncated): nothing of it is written."""
+
+    def __init__(self, path: str | Path, message: str, line: int | None = None):
+        where = f"{path}" + (f", line {line}" if line is not None else "")
+        super().__init__(f"{where}: {message}")
+        self.path = str(path)
+        self.line = line
+
+
+@dataclass
+class Parsed:
+    format: str  # e.g. "tardis.trades", "binance.aggTrades"
+    rows_read: int  # source units read (data lines, fills, ...)
+    tables: dict[str, pl.DataFrame]  # canonical columns (no event_id/source_id) + "_row"
+    rejected: pl.DataFrame = field(  # units rejected while parsing: _row, reason, raw
+        default_factory=lambda: pl.DataFrame(schema=QUARANTINE_COLUMNS)
+    )
+    day: date | None = None  # the file's day, if its name says; rows far outside it are rejected
+    decisions: dict[str, Any] = field(default_factory=dict)  # what was detected or chosen, and why
+    raw: pl.DataFrame | None = None  # the source rows as text (_row + columns), to quote in quarantine
+    id_columns: dict[str, list[str]] = field(default_factory=dict)  # override per table
+
+
+@dataclass
+class Options:
+    """Choices a user can force on the command line where a file cannot tell."""
+
+    price_type: str | None = None  # klines: trade | mark | index | premium
+    venue: str | None = None  # generic bars / prices
+    market: str | None = None
+    symbol: str | None = None
+    interval: str | None = None
+    verify_checksum: bool = True
+
+
+class Importer(Protocol):
+    """One module per format implements these two functions."""
+
+    FORMAT: str  # family name, e.g. "tardis"
+    SOURCE: str  # the `source` column value of the rows it makes, e.g. "tardis", "binance-vision"
+
+    def sniff(self, path: Path, head: str) -> bool:  # pragma: no cover - protocol
+        """True if the file name and first line(s) are this format's."""
+
+    def parse(self, path: Path, options: Options) -> Parsed:  # pragma: no cover - protocol
+        """Read the whole file; raise FormatError if it is not this format or is damaged."""

@@ -1,0 +1,180 @@
+"""The lake on disk: atomic, idempotent writes of canonical tables, the manifest and the quarantine.
+
+Layout (chosen by measurement, see BENCHMARKS.md):
+
+    <lake>/<table>/<venue>/<YYYY-MM-DD>/<source_id>.parquet   sorted by ts, zstd, 128 Ki-row groups
+    <lake>/_quarantine/<source_id>.parquet                    rejected rows with file, line, reason
+    <lake>/_manifest/<source_id>.parquet                      one row per ingested source
+
+A source's manifest file is its commit record: it is written last, atomically, after every data
+file of that source is in place. Files of a source with no manifest (an ingest killed half way)
+are removed by `recover()` before the next ingest, which then rewrites them with the same names,
+so a killed-then-rerun ingest leaves exactly the lake of an uninterrupted run. Every single file is
+written to a hidden temp name and renamed, so no reader ever sees half a file.
+
+Only validated venue names and dates become directory names; symbols never touch the file system.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import schema
+from .paths import default_lake
+
+ROW_GROUP = 128 * 1024
+_SAFE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
+_SID = re.compile(r"^[0-9a-f]{16}$")
+
+
+class LakeError(Exception):
+    """A lake operation that cannot go on; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Lake:
+    root: Path
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str] | None = None) -> "Lake":
+        return cls(Path(root) if root is not None else default_lake())
+
+    # ---- paths -------------------------------------------------------------------------------
+    def table_dir(self, table: str) -> Path:
+        if table not in schema.TABLES:
+            raise LakeError(f"unknown table {table!r}; tables: {', '.join(schema.TABLES)}")
+        return self.root / table
+
+    def files(self, table: str) -> list[Path]:
+        """Committed-or-not data files of a table, in a deterministic order."""
+        d = self.table_dir(table)
+        return sorted(d.glob("*/*/*.parquet")) if d.exists() else []
+
+    def glob(self, table: str) -> str:
+        """A glob pattern for DuckDB's or Polars' parquet readers."""
+        return str(self.table_dir(table) / "*" / "*" / "*.parquet")
+
+    @property
+    def manifest_dir(self) -> Path:
+        return self.root / "_manifest"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.root / "_quarantine"
+
+    # ---- reading the bookkeeping -------------------------------------------------------------
+    def is_ingested(self, source_id: str) -> bool:
+        return (self.manifest_dir / f"{source_id}.parquet").exists()
+
+    def manifest(self) -> pl.DataFrame:
+        files = sorted(self.manifest_dir.glob("*.parquet")) if self.manifest_dir.exists() else []
+        if not files:
+            return pl.from_arrow(schema.MANIFEST_SCHEMA.empty_table())  # type: ignore[return-value]
+        return pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed")
+
+    def quarantine(self) -> pl.DataFrame:
+        d = self.quarantine_dir
+        files = sorted(d.glob("*.parquet")) if d.exists() else []
+        if not files:
+            return pl.from_arrow(schema.QUARANTINE_SCHEMA.empty_table())  # type: ignore[return-value]
+        return pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed")
+
+    # ---- writing -----------------------------------------------------------------------------
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """One writer at a time per lake (another ingest waits), so recovery never races a writer."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def recover(self) -> list[Path]:
+        """Remove temp files and data files of sources that never committed. Call under `lock()`."""
+        removed: list[Path] = []
+        if not self.root.exists():
+            return removed
+        for p in self.root.rglob(".*.tmp"):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+        committed = {p.stem for p in self.manifest_dir.glob("*.parquet")} if self.manifest_dir.exists() else set()
+        for table in schema.TABLES:
+            for p in self.files(table):
+                if p.stem.split(".")[0] not in committed:
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
+        q = self.quarantine_dir
+        if q.exists():
+            for p in q.glob("*.parquet"):
+                if p.stem not in committed:
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
+        return removed
+
+    def _write_atomic(self, table: pa.Table, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            pq.write_table(
+                table, tmp, compression="zstd", row_group_size=ROW_GROUP, write_statistics=True
+            )
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def write_source(
+        self,
+        source_id: str,
+        tables: dict[str, pl.DataFrame],
+        quarantine: pl.DataFrame,
+        manifest_row: dict,
+    ) -> dict[str, int]:
+        """Write one source's validated rows, its quarantine, then its manifest (the commit).
+
+        `tables` hold canonical columns (event_id included). Returns rows written per table.
+        """
+        if not _SID.match(source_id):
+            raise LakeError(f"bad source id {source_id!r}")
+        # A previous, killed attempt of this source may have left files under other partitions.
+        for table in schema.TABLES:
+            for p in self.files(table):
+                if p.stem == source_id:
+                    p.unlink()
+        written: dict[str, int] = {}
+        for table, df in tables.items():
+            if df.height == 0:
+                continue
+            written[table] = df.height
+            venue_col = "venue" if "venue" in df.columns else None
+            keyed = df.with_columns(
+                pl.col("ts").dt.date().cast(pl.String).alias("_date"),
+                (pl.col(venue_col) if venue_col else pl.lit("_all")).alias("_venue"),
+            )
+            for (venue, day), part in keyed.group_by(["_venue", "_date"], maintain_order=True):
+                if venue != "_all" and (not isinstance(venue, str) or not _SAFE.match(venue)):
+                    raise LakeError(f"venue {venue!r} is not a safe directory name")
+                if day is None:
+                    raise LakeError(f"{table}: rows without a timestamp reached the writer")
+                part = part.drop("_date", "_venue").sort("ts", maintain_order=True)
+                arrow = schema.conform(table, part.to_arrow())
+                self._write_atomic(arrow, self.table_dir(table) / venue / day / f"{source_id}.parquet")
+        if quarantine.height:
+            q = quarantine.select(schema.QUARANTINE_SCHEMA.names).to_arrow().cast(schema.QUARANTINE_SCHEMA)
+            self._write_atomic(q, self.quarantine_dir / f"{source_id}.parquet")
+        row = {name: manifest_row.get(name) for name in schema.MANIFEST_SCHEMA.names}
+        m = pa.Table.from_pylist([row], schema=schema.MANIFEST_SCHEMA)
+        self._write_atomic(m, self.manifest_dir / f"{source_id}.parquet")
+        return written
