@@ -1,0 +1,331 @@
+"""Each stage's observable signal as a per-minute series, its onset, and its evidence per leg.
+
+Why one module: the narrative test (onsets) and the evidence scores of stages without a replay
+mechanism must read the same series with the same rule, or the report would contradict itself.
+
+Convention: every series is oriented so that larger = stronger signal (e.g. the depeg is the
+percent *below* the on-chain price, depth withdrawal the percent of bid depth *gone*).
+
+Onset rule (see data/stages.toml): baseline = the signal in [start - baseline, start); threshold =
+median + max(k * 1.4826 * MAD, min_delta); onset = the first minute in [start, end) that begins a
+run of `m` consecutive minutes above the threshold. Flow signals (notional per minute) count a
+minute with no rows as zero, but only once the source has any rows at all: a table that is
+absent gives "not enough data", never a silent zero.
+
+Evidence for a leg = the fraction of the leg's minutes in which the signal is above its onset
+threshold (markers: 1 when a marker falls in [leg start - 30 min, leg end]). It is a measure of
+co-occurrence, not of cause, and is always labelled "evidence".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+import polars as pl
+
+from .lakesql import LakeSQL
+from .stages import Stage
+
+MAD_SCALE = 1.4826
+MARKER_EVIDENCE_LOOKBACK = timedelta(minutes=30)
+_SERIES = {"ts": pl.Datetime("us", "UTC"), "value": pl.Float64}
+
+
+@dataclass
+class Signal:
+    stage: str
+    kind: str
+    unit: str
+    series: pl.DataFrame  # ts (minute), value; for markers: ts, label
+    available: bool
+    note: str = ""
+
+
+@dataclass
+class Onset:
+    stage: str
+    ts: datetime | None
+    threshold: float | None
+    baseline_median: float | None
+    rule: str
+    reason: str  # why there is no onset, or how it was found
+
+
+def _empty() -> pl.DataFrame:
+    return pl.DataFrame(schema=_SERIES)
+
+
+def _minutes(lo: datetime, hi: datetime) -> pl.DataFrame:
+    return pl.DataFrame(
+        {"ts": pl.datetime_range(lo, hi, "1m", closed="left", time_unit="us", time_zone="UTC", eager=True)}
+    )
+
+
+def _zero_fill(df: pl.DataFrame, lo: datetime, hi: datetime) -> pl.DataFrame:
+    grid = _minutes(lo, hi)
+    if df.height == 0:
+        return grid.with_columns(pl.lit(0.0).alias("value"))
+    df = df.with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
+    return grid.join(df, on="ts", how="left").with_columns(pl.col("value").fill_null(0.0))
+
+
+def _ffill(df: pl.DataFrame, lo: datetime, hi: datetime) -> pl.DataFrame:
+    if df.height == 0:
+        return _empty()
+    df = df.with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
+    first = df["ts"].min()
+    return _minutes(lo, hi).join(df, on="ts", how="left").with_columns(pl.col("value").forward_fill()).filter(
+        pl.col("ts") >= first
+    ).drop_nulls("value")
+
+
+def replay_flow_frame(run_liquidations: pl.DataFrame | None) -> pl.DataFrame:
+    """A replay run's forced flow as (ts, venue, stage, quote_amount), or an empty frame."""
+    cols = {"ts": pl.Datetime("us", "UTC"), "venue": pl.String, "stage": pl.String, "quote_amount": pl.Float64}
+    if run_liquidations is None or run_liquidations.height == 0:
+        return pl.DataFrame(schema=cols)
+    df = run_liquidations
+    if "quote_amount" not in df.columns and {"price", "amount"} <= set(df.columns):
+        df = df.with_columns((pl.col("price") * pl.col("amount")).alias("quote_amount"))
+    return df.select(
+        pl.col("ts").cast(pl.Datetime("us", "UTC")),
+        pl.col("venue").cast(pl.String) if "venue" in df.columns else pl.lit(None, pl.String).alias("venue"),
+        pl.col("stage").cast(pl.String) if "stage" in df.columns else pl.lit(None, pl.String).alias("stage"),
+        pl.col("quote_amount").cast(pl.Float64).abs(),
+    )
+
+
+def _replay_minutes(replay: pl.DataFrame | None, stages: list[str], lo: datetime, hi: datetime) -> pl.DataFrame | None:
+    if replay is None:
+        return None
+    r = replay.filter(pl.col("stage").is_in(stages) & (pl.col("ts") >= lo) & (pl.col("ts") < hi))
+    return r.group_by(pl.col("ts").dt.truncate("1m")).agg(pl.col("quote_amount").sum().alias("value"))
+
+
+def _sum_flows(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    parts = [p.with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")), pl.col("value").cast(pl.Float64)) for p in parts if p is not None]
+    if not parts:
+        return _empty()
+    return pl.concat(parts).group_by("ts").agg(pl.col("value").sum()).sort("ts")
+
+
+def base_of(symbol: str) -> str:
+    return symbol.split("/")[0].split(":")[0].upper()
+
+
+def _signal(db: LakeSQL, stage: Stage, start: datetime, end: datetime, replay: pl.DataFrame | None) -> Signal:
+    sig = stage.signal
+    kind = sig["kind"]
+    lo = start - stage.onset.baseline
+    p = {"lo": lo, "hi": end}
+    if kind == "markers":
+        look = start - _dur(sig.get("lookback", "3h"))
+        kinds = list(sig.get("marker_kinds", ["news"]))
+        m = db.sql(
+            "SELECT ts, label FROM markers WHERE ts >= $lo AND ts < $hi AND list_contains($kinds, kind) ORDER BY ts",
+            {"lo": look, "hi": end, "kinds": kinds},
+        )
+        return Signal(stage.name, kind, "marker", m, m.height > 0, "" if m.height else f"no markers of kind {kinds} in the window")
+    if kind == "taker_imbalance":
+        df = db.sql(
+            """SELECT time_bucket(INTERVAL 1 minute, ts) AS ts,
+                      sum(CASE WHEN side = 'sell' THEN quote_amount ELSE -quote_amount END) AS value
+               FROM trades WHERE ts >= $lo AND ts < $hi AND side IS NOT NULL
+                 AND coalesce(is_liquidation, false) = false
+               GROUP BY 1""",
+            p,
+        )
+        if df.height == 0:
+            return Signal(stage.name, kind, "USD/min", _empty(), False, "no trades with a taker side")
+        return Signal(stage.name, kind, "net taker sell, USD/min", _zero_fill(df, lo, end), True)
+    if kind in ("liquidation_flow", "onchain_liquidations", "replay_flow"):
+        parts: list[pl.DataFrame] = []
+        notes = []
+        if kind != "replay_flow":
+            venues = list(sig.get("venues" if kind == "onchain_liquidations" else "exclude_venues", []))
+            cond = "list_contains($v, venue)" if kind == "onchain_liquidations" else "NOT list_contains($v, venue)"
+            liq = db.sql(
+                f"""SELECT time_bucket(INTERVAL 1 minute, ts) AS ts, sum(abs(quote_amount)) AS value
+                    FROM liquidations WHERE ts >= $lo AND ts < $hi AND {cond} GROUP BY 1""",
+                {**p, "v": venues},
+            )
+            if liq.height:
+                parts.append(liq)
+                notes.append("recorded liquidations")
+            if kind == "liquidation_flow":
+                tagged = db.sql(
+                    """SELECT time_bucket(INTERVAL 1 minute, ts) AS ts, sum(quote_amount) AS value
+                       FROM trades WHERE ts >= $lo AND ts < $hi AND is_liquidation GROUP BY 1""",
+                    p,
+                )
+                if tagged.height:
+                    parts.append(tagged)
+                    notes.append("liquidation-tagged trades")
+        rep = _replay_minutes(replay, list(sig.get("replay_stages", [])), lo, end)
+        if rep is not None and rep.height:
+            parts.append(rep)
+            notes.append("replayed forced flow")
+        if not parts:
+            why = "no replay run given" if replay is None else "no replayed forced flow for this stage"
+            if kind != "replay_flow":
+                why = f"no recorded liquidations and {why}"
+            return Signal(stage.name, kind, "USD/min", _empty(), False, why)
+        return Signal(stage.name, kind, "forced flow, USD/min", _zero_fill(_sum_flows(parts), lo, end), True, " + ".join(notes))
+    if kind == "depeg_basis":
+        base = base_of(sig["symbol"])
+        cex = _close_series(db, sig.get("venue", "binance"), base, lo, end, exclude_venues=None)
+        if cex.height == 0:
+            return Signal(stage.name, kind, "% below reference", _empty(), False, f"no {sig['symbol']} prices on {sig.get('venue')}")
+        ref = _ref_series(db, list(sig.get("ref_venues", [])), base, lo, end)
+        note = "against the on-chain price"
+        if ref.height == 0:
+            ref = _minutes(lo, end).with_columns(pl.lit(float(sig.get("peg", 1.0))).alias("ref"))
+            note = f"against the peg {sig.get('peg', 1.0)} (no on-chain price in the lake)"
+        cexf = _ffill(cex, lo, end)
+        out = cexf.join(ref, on="ts", how="inner").select("ts", ((pl.col("ref") - pl.col("value")) / pl.col("ref") * 100).alias("value"))
+        return Signal(stage.name, kind, "% below reference", out, out.height > 0, note)
+    if kind == "depth_withdrawal":
+        band = float(sig.get("band_pct", -1.0))
+        df = db.sql(
+            """WITH m AS (SELECT venue, symbol, time_bucket(INTERVAL 1 minute, ts) AS ts, avg(notional) AS n
+                          FROM depth_bands WHERE ts >= $lo AND ts < $hi AND band_pct = $band GROUP BY ALL)
+               SELECT ts, sum(n) AS value FROM m GROUP BY ts ORDER BY ts""",
+            {**p, "band": band},
+        )
+        if df.height == 0:
+            return Signal(stage.name, kind, "% of bid depth gone", _empty(), False, f"no depth bands at {band} %")
+        base_df = df.filter(pl.col("ts") < start)
+        if base_df.height == 0:
+            return Signal(stage.name, kind, "% of bid depth gone", _empty(), False, "no depth before the window to compare with")
+        med = float(base_df["value"].median())
+        out = _ffill(df, lo, end).with_columns(((1 - pl.col("value") / med) * 100).alias("value"))
+        return Signal(stage.name, kind, "% of bid depth gone", out, True, f"bid notional within {abs(band):g} % vs pre-window median")
+    if kind == "price_drawdown":
+        excl = [b.upper() for b in sig.get("exclude_bases", [])]
+        closes = minute_closes(db, lo, end)
+        closes = closes.filter(~pl.col("symbol").map_elements(base_of, return_dtype=pl.String).is_in(excl))
+        if closes.height == 0:
+            return Signal(stage.name, kind, "% median drawdown", _empty(), False, "no prices of instruments outside the excluded bases")
+        dd = closes.sort("ts").with_columns(
+            ((1 - pl.col("close") / pl.col("close").cum_max().over("key")) * 100).alias("dd")
+        )
+        med = dd.group_by("ts").agg(pl.col("dd").median().alias("value"), pl.col("key").n_unique().alias("n")).sort("ts")
+        n = closes["key"].n_unique()
+        return Signal(stage.name, kind, "% median drawdown", _ffill(med.select("ts", "value"), lo, end), True, f"median over {n} instruments")
+    raise ValueError(f"stage {stage.name}: unknown signal kind {kind!r}")
+
+
+def _dur(text: str) -> timedelta:
+    from crashlab.ingest.timeutil import parse_duration
+
+    return parse_duration(text)
+
+
+def minute_closes(db: LakeSQL, lo: datetime, hi: datetime) -> pl.DataFrame:
+    """Last trade price per instrument per minute (`key` = venue:market:symbol)."""
+    df = db.sql(
+        """SELECT time_bucket(INTERVAL 1 minute, ts) AS ts, venue, market, symbol,
+                  arg_max(price, ts) AS close
+           FROM trades WHERE ts >= $lo AND ts < $hi GROUP BY ALL""",
+        {"lo": lo, "hi": hi},
+    )
+    bars = db.sql(
+        """SELECT ts, venue, market, symbol, close FROM bars
+           WHERE ts >= $lo AND ts < $hi AND interval = '1m' AND price_type = 'trade'""",
+        {"lo": lo, "hi": hi},
+    )
+    if bars.height:
+        have = df.select("venue", "market", "symbol").unique()
+        bars = bars.join(have, on=["venue", "market", "symbol"], how="anti")
+        df = pl.concat([df, bars.select(df.columns)], how="vertical_relaxed")
+    return df.with_columns(
+        pl.col("ts").cast(pl.Datetime("us", "UTC")),
+        pl.concat_str(["venue", "market", "symbol"], separator=":").alias("key"),
+    )
+
+
+def _close_series(db: LakeSQL, venue: str, base: str, lo: datetime, hi: datetime, exclude_venues=None) -> pl.DataFrame:
+    c = minute_closes(db, lo, hi).filter(
+        (pl.col("venue") == venue) & (pl.col("symbol").map_elements(base_of, return_dtype=pl.String) == base)
+    )
+    if c.height == 0:
+        return _empty()
+    # One instrument: the one with most minutes (e.g. USDE/USDT over USDE/USDC).
+    key = c.group_by("key").len().sort(["len", "key"], descending=[True, False])["key"][0]
+    return c.filter(pl.col("key") == key).select("ts", pl.col("close").alias("value")).sort("ts")
+
+
+def _ref_series(db: LakeSQL, venues: list[str], base: str, lo: datetime, hi: datetime) -> pl.DataFrame:
+    df = db.sql(
+        """SELECT time_bucket(INTERVAL 1 minute, ts) AS ts, symbol, arg_max(price, ts) AS value
+           FROM prices WHERE ts >= $lo AND ts < $hi AND list_contains($v, venue) GROUP BY ALL""",
+        {"lo": lo - timedelta(hours=6), "hi": hi, "v": venues},
+    )
+    df = df.filter(pl.col("symbol").map_elements(base_of, return_dtype=pl.String) == base)
+    if df.height == 0:
+        return pl.DataFrame(schema={"ts": pl.Datetime("us", "UTC"), "ref": pl.Float64})
+    df = df.group_by("ts").agg(pl.col("value").median()).sort("ts")
+    return _ffill(df, lo, hi).rename({"value": "ref"})
+
+
+def stage_signals(db: LakeSQL, stages, start: datetime, end: datetime, replay: pl.DataFrame | None = None) -> dict[str, Signal]:
+    return {s.name: _signal(db, s, start, end, replay) for s in stages}
+
+
+def onset(stage: Stage, sig: Signal, start: datetime, end: datetime) -> Onset:
+    """The documented onset rule (module docstring) applied to one stage's signal."""
+    r = stage.onset
+    rule = f"median + max({r.k:g}*1.4826*MAD, {r.min_delta:g}) over {r.baseline} before start, {r.m} consecutive min"
+    if sig.kind == "markers":
+        rule = "first marker in the window (lookback included)"
+        if not sig.available:
+            return Onset(stage.name, None, None, None, rule, sig.note)
+        return Onset(stage.name, sig.series["ts"][0], None, None, rule, f"marker: {sig.series['label'][0]}")
+    if not sig.available:
+        return Onset(stage.name, None, None, None, rule, sig.note)
+    thr = threshold(stage, sig, start)
+    if thr is None:
+        return Onset(stage.name, None, None, None, rule, "no baseline data before the window")
+    med, th = thr
+    w = sig.series.filter((pl.col("ts") >= start) & (pl.col("ts") < end)).sort("ts")
+    above = (w["value"] > th).to_numpy()
+    ts = w["ts"].to_list()
+    run = 0
+    for i, a in enumerate(above):
+        # A gap in the minutes breaks a run: consecutive means consecutive minutes.
+        if a and run and (ts[i] - ts[i - 1]) > timedelta(minutes=1):
+            run = 0
+        run = run + 1 if a else 0
+        if run >= r.m:
+            return Onset(stage.name, ts[i - r.m + 1], th, med, rule, f"crossed {th:.4g} ({sig.unit})")
+    return Onset(stage.name, None, th, med, rule, f"never above {th:.4g} ({sig.unit}) for {r.m} min in the window")
+
+
+def threshold(stage: Stage, sig: Signal, start: datetime) -> tuple[float, float] | None:
+    """(baseline median, onset threshold) or None without a baseline."""
+    r = stage.onset
+    b = sig.series.filter(pl.col("ts") < start)["value"].drop_nulls().to_numpy()
+    if b.size < 3:
+        return None
+    med = float(np.median(b))
+    mad = float(np.median(np.abs(b - med)))
+    return med, med + max(r.k * MAD_SCALE * mad, r.min_delta)
+
+
+def leg_evidence(stage: Stage, sig: Signal, start: datetime, leg_start: datetime, leg_end: datetime) -> float | None:
+    """Fraction of the leg's minutes above the onset threshold (None when the signal is absent)."""
+    if not sig.available:
+        return None
+    if sig.kind == "markers":
+        t = sig.series["ts"]
+        hit = ((t >= leg_start - MARKER_EVIDENCE_LOOKBACK) & (t <= leg_end)).any()
+        return 1.0 if hit else 0.0
+    thr = threshold(stage, sig, start)
+    if thr is None:
+        return None
+    w = sig.series.filter((pl.col("ts") >= leg_start.replace(second=0, microsecond=0)) & (pl.col("ts") <= leg_end))
+    if w.height == 0:
+        return 0.0
+    return float((w["value"] > thr[1]).mean())

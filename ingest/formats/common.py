@@ -1,0 +1,195 @@
+"""Reading text archives the same careful way for every CSV importer.
+
+Why a shared helper: the rules "a truncated gzip/zip or a bad checksum is an error naming the
+file", "unreadable cells become nulls that validation quarantines, with the original line kept",
+and "the timestamp unit is decided from the data and recorded, rows in another unit are
+rejected" must hold for Tardis and Binance files alike, so they are written once, here.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import re
+import zipfile
+import zlib
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+
+from .base import QUARANTINE_COLUMNS, FormatError
+
+_DAY = re.compile(r"(?<!\d)(20\d\d)-(\d\d)-(\d\d)(?!\d)")
+_DAY_COMPACT = re.compile(r"(?<!\d)(20\d\d)(\d\d)(\d\d)(?!\d)")
+
+#: Epoch-number magnitude -> unit (for dates between 1973 and 5138).
+_UNIT_BOUNDS = (("s", 1e8, 1e11), ("ms", 1e11, 1e14), ("us", 1e14, 1e17), ("ns", 1e17, 1e20))
+_TO_US = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": None}
+UNIT_NAMES = {"s": "s", "ms": "ms", "us": "µs", "ns": "ns"}
+
+
+def file_day(path: Path, *, compact: bool = False) -> date | None:
+    """The day a file's name says it covers (`2025-10-10`, or `20251010` in a folder if `compact`)."""
+    m = _DAY.search(path.name)
+    if m is None and compact:
+        for part in reversed(path.parts):
+            m = _DAY_COMPACT.fullmatch(part) or _DAY.fullmatch(part)
+            if m:
+                break
+    if m is None:
+        return None
+    try:
+        return date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+    except ValueError:
+        return None
+
+
+def verify_checksum(path: Path) -> str:
+    """Check `<zip>.CHECKSUM` (sha256sum format) when it sits beside the file: 'verified' or 'absent'."""
+    ck = path.with_name(path.name + ".CHECKSUM")
+    if not ck.exists():
+        return "absent"
+    text = ck.read_text(errors="replace").strip()
+    expected = text.split()[0].lower() if text else ""
+    if not re.fullmatch(r"[0-9a-f]{64}", expected):
+        raise FormatError(ck, "checksum file is not in sha256sum format ('<hex>  <name>')")
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    if h.hexdigest() != expected:
+        raise FormatError(path, f"sha256 {h.hexdigest()[:16]}… does not match {ck.name} ({expected[:16]}…)")
+    return "verified"
+
+
+def read_bytes(path: Path) -> bytes:
+    """The whole decompressed text of a .gz, .zip (one member) or plain file; damage is a FormatError."""
+    name = path.name.lower()
+    try:
+        if name.endswith(".gz"):
+            with open(path, "rb") as fh:
+                raw = fh.read()
+            return gzip.decompress(raw) if raw else b""
+        if name.endswith(".zip"):
+            with zipfile.ZipFile(path) as zf:
+                members = [m for m in zf.namelist() if not m.endswith("/")]
+                if len(members) != 1:
+                    raise FormatError(path, f"expected one CSV inside the zip, found {len(members)}")
+                return zf.read(members[0])  # checks the CRC-32
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FormatError:
+        raise
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise FormatError(path, f"cannot decompress (truncated or corrupt?): {e}") from None
+
+
+def _ragged_line(data: bytes, width: int, header: bool) -> int | None:
+    for i, line in enumerate(io.BytesIO(data), start=1):
+        if line.strip() and line.count(b",") + 1 > width:
+            return i
+    return None
+
+
+def read_csv_strings(path: Path, data: bytes, names: list[str], *, header: bool) -> pl.DataFrame:
+    """Every cell as text (so nothing is lost before validation), with `_row` = 1-based file line.
+
+    With `header` the first line is skipped (the caller has checked it); `names` are the columns.
+    Missing trailing cells read as null (and are quarantined later); extra cells are an error.
+    """
+    if not data.strip():
+        return pl.DataFrame(schema={"_row": pl.Int64, **{n: pl.String for n in names}})
+    try:
+        df = pl.read_csv(
+            data,
+            has_header=False,
+            skip_rows=1 if header else 0,
+            new_columns=names,
+            infer_schema=False,
+            schema={n: pl.String for n in names},
+            quote_char='"',
+        )
+    except pl.exceptions.NoDataError:
+        return pl.DataFrame(schema={"_row": pl.Int64, **{n: pl.String for n in names}})
+    except pl.exceptions.ComputeError as e:
+        line = _ragged_line(data, len(names), header)
+        raise FormatError(path, f"a line has more than the {len(names)} columns expected ({str(e).splitlines()[0]})", line) from None
+    return df.with_row_index("_row", offset=2 if header else 1).with_columns(pl.col("_row").cast(pl.Int64))
+
+
+def first_line(data: bytes) -> str:
+    return data[: data.find(b"\n") if b"\n" in data else len(data)].decode("utf-8", errors="replace").strip().lstrip("\ufeff")
+
+
+def unit_expr(col: str) -> pl.Expr:
+    """Each epoch number's unit from its magnitude (null if it is no plausible epoch time)."""
+    a = pl.col(col).abs().cast(pl.Float64)
+    expr = pl.lit(None, dtype=pl.String)
+    for unit, lo, hi in reversed(_UNIT_BOUNDS):
+        expr = pl.when((a >= lo) & (a < hi)).then(pl.lit(unit)).otherwise(expr)
+    return expr
+
+
+def decide_unit(ints: pl.Series) -> tuple[str | None, dict[str, int]]:
+    """The file's unit = the unit of most rows (by magnitude), with the per-unit counts as evidence."""
+    counts = (
+        pl.DataFrame({"v": ints}).drop_nulls().select(unit_expr("v").alias("u"))
+        .group_by("u").len().sort(["len", "u"], descending=[True, False])
+    )
+    evidence = {str(u): int(n) for u, n in counts.iter_rows()}
+    majority = next((str(u) for u, _ in counts.iter_rows() if u is not None), None)
+    return majority, evidence
+
+
+def to_utc_us(col: str, unit: str | None) -> pl.Expr:
+    """Epoch integers in the file's unit -> timestamp[us, UTC]; rows in another unit become null."""
+    if unit is None:
+        return pl.lit(None, dtype=pl.Datetime("us", "UTC"))
+    ok = unit_expr(col) == unit
+    v = pl.col(col)
+    us = v // 1000 if unit == "ns" else v * _TO_US[unit]
+    return pl.when(ok).then(us).otherwise(None).cast(pl.Datetime("us", "UTC"))
+
+
+def unit_rejections(df: pl.DataFrame, col: str, unit: str | None, label: str | None = None) -> pl.DataFrame:
+    """Rows whose timestamp is in another unit than the file's, with the reason."""
+    if df.height == 0 or unit is None:
+        return empty_rejected()
+    u = unit_expr(col)
+    return df.filter(pl.col(col).is_not_null() & (u.is_null() | (u != unit))).select(
+        "_row",
+        pl.format(
+            "{} in {}, file is {}",
+            pl.lit(label or col),
+            u.replace_strict(UNIT_NAMES, default="no epoch unit"),
+            pl.lit(UNIT_NAMES[unit]),
+        ).alias("reason"),
+        pl.lit(None, dtype=pl.String).alias("raw"),
+    )
+
+
+def empty_rejected() -> pl.DataFrame:
+    return pl.DataFrame(schema=QUARANTINE_COLUMNS)
+
+
+def rejections(df: pl.DataFrame, cond: pl.Expr, reason: pl.Expr | str) -> pl.DataFrame:
+    """`_row, reason, raw` for the rows matching `cond` (raw is filled by the pipeline from Parsed.raw)."""
+    r = pl.lit(reason) if isinstance(reason, str) else reason
+    return df.filter(cond).select("_row", r.cast(pl.String).alias("reason"), pl.lit(None, dtype=pl.String).alias("raw"))
+
+
+def num(col: str) -> pl.Expr:
+    """Text -> float; unreadable text becomes null (quarantined by validation as non-numeric)."""
+    return pl.col(col).str.strip_chars().cast(pl.Float64, strict=False)
+
+
+def integer(col: str) -> pl.Expr:
+    return pl.col(col).str.strip_chars().cast(pl.Int64, strict=False)
+
+
+def boolean(col: str) -> pl.Expr:
+    """`true/false/True/False/1/0` -> bool; anything else null."""
+    s = pl.col(col).str.strip_chars().str.to_lowercase()
+    return pl.when(s.is_in(["true", "1"])).then(True).when(s.is_in(["false", "0"])).then(False).otherwise(None)
