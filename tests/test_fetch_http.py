@@ -45,7 +45,10 @@ class ArchiveServer:
                 self._serve(head=True)
 
             def do_GET(self):
-                self._serve(head=False)
+                try:
+                    self._serve(head=False)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (slow fault): fine
+                    self.close_connection = True
 
             def _serve(self, head: bool):
                 path = self.path.split("?", 1)[0]

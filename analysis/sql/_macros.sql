@@ -9,11 +9,11 @@ CREATE MACRO _interval_s(i) AS
     * CASE right(i, 1) WHEN 's' THEN 1 WHEN 'm' THEN 60 WHEN 'h' THEN 3600 WHEN 'd' THEN 86400
                        WHEN 'w' THEN 604800 ELSE NULL END;
 CREATE MACRO _asset(sym) AS upper(split_part(sym, '/', 1));
--- Does an instrument match a user's list? Items may be a symbol (BTC/USDT), a native symbol
--- (BTCUSDT) or a base asset (BTC). A NULL list matches everything.
-CREATE MACRO _matches(lst, sym, native) AS
-    lst IS NULL OR list_contains(lst, sym) OR list_contains(lst, native)
-    OR list_contains(list_transform(lst, x -> upper(x)), _asset(sym));
+-- Does an instrument match a user's list? Items may be a symbol (BTC/USDT:USDT), the symbol without
+-- separators (BTCUSDT) or a base asset (BTC), any case. A NULL list matches everything.
+CREATE MACRO _matches(lst, sym) AS
+    lst IS NULL OR list_has_any(list_transform(lst, lambda x: upper(x)),
+        [upper(sym), upper(replace(split_part(sym, ':', 1), '/', '')), _asset(sym)]);
 
 -- Trades bucketed by `step`: OHLCV, VWAP, taker buy/sell, liquidation-tagged volume.
 -- Open/close are the first/last trade by (ts, numeric trade id, trade id, event id), so ties at one
@@ -106,17 +106,19 @@ WITH tr AS (
 ), s AS (
     SELECT * EXCLUDE (best) FROM keep
     WHERE CASE source_table WHEN 'trades' THEN 0 WHEN 'bars' THEN 1 ELSE 2 END = best
+), w AS (
+    SELECT s.*, coalesce(CAST(ref AS TIMESTAMPTZ), _lo(t0)) AS r_ts, _lo(t0) AS w_lo FROM s
 ), agg AS (
     SELECT venue, market, symbol, price_type, any_value(source_table) AS source_table,
-        coalesce(CAST(ref AS TIMESTAMPTZ), _lo(t0)) AS ref_ts,
-        coalesce(arg_max(px_close, (ts, tie)) FILTER (WHERE ts <= coalesce(CAST(ref AS TIMESTAMPTZ), _lo(t0))),
-                 arg_min(px_open, (ts, tie)) FILTER (WHERE ts >= _lo(t0))) AS ref_price,
-        min(lo) FILTER (WHERE ts >= _lo(t0)) AS low,
-        arg_min(ts, (lo, ts)) FILTER (WHERE ts >= _lo(t0)) AS low_ts,
-        max(hi) FILTER (WHERE ts >= _lo(t0)) AS high,
-        arg_max(px_close, (ts, tie)) FILTER (WHERE ts >= _lo(t0)) AS close,
-        count(*) FILTER (WHERE ts >= _lo(t0)) AS n
-    FROM s GROUP BY venue, market, symbol, price_type
+        any_value(r_ts) AS ref_ts,
+        coalesce(arg_max(px_close, (ts, tie)) FILTER (WHERE ts <= r_ts),
+                 arg_min(px_open, (ts, tie)) FILTER (WHERE ts >= w_lo)) AS ref_price,
+        min(lo) FILTER (WHERE ts >= w_lo) AS low,
+        arg_min(ts, (lo, ts)) FILTER (WHERE ts >= w_lo) AS low_ts,
+        max(hi) FILTER (WHERE ts >= w_lo) AS high,
+        arg_max(px_close, (ts, tie)) FILTER (WHERE ts >= w_lo) AS close,
+        count(*) FILTER (WHERE ts >= w_lo) AS n
+    FROM w GROUP BY venue, market, symbol, price_type
 )
 SELECT venue, market, symbol, _asset(symbol) AS asset, price_type, source_table, ref_ts, ref_price,
        low, low_ts, (low / ref_price - 1) * 100 AS drawdown_pct, high, close,
@@ -138,10 +140,12 @@ WITH b AS (
     SELECT ts, venue, market, symbol,
            arg_max(price, band_pct) FILTER (WHERE band_pct < 0) AS bid_inner,
            arg_min(price, band_pct) FILTER (WHERE band_pct > 0) AS ask_inner,
-           min(price) FILTER (WHERE band_pct > 0) AS ask_lowest
+           min(price) FILTER (WHERE band_pct > 0) AS ask_lowest,
+           max(price) FILTER (WHERE band_pct < 0) AS bid_highest
     FROM b GROUP BY ALL
 ), j AS (
-    SELECT b.*, q.bid_inner, q.ask_inner, q.ask_lowest, (q.bid_inner + q.ask_inner) / 2 AS mid_est
+    SELECT b.*, q.bid_inner, q.ask_inner, q.ask_lowest, (q.bid_inner + q.ask_inner) / 2 AS mid_est,
+           coalesce(q.bid_highest > q.ask_lowest, false) AS sample_crossed
     FROM b JOIN q USING (ts, venue, market, symbol)
 ), c AS (
     SELECT *, CASE WHEN depth IS NOT DISTINCT FROM lag(depth) OVER w
@@ -156,7 +160,8 @@ WITH b AS (
            (max(mid_est) OVER rw - min(mid_est) OVER rw) / nullif(avg(mid_est) OVER rw, 0) AS run_mid_move
     FROM r WINDOW rw AS (PARTITION BY venue, market, symbol, band_pct, run_id)
 )
-SELECT ts, venue, market, symbol, band_pct, depth, notional, price, mid_est, run_len, run_mid_move,
+SELECT ts, venue, market, symbol, band_pct, depth, notional, price, mid_est, ask_lowest, sample_crossed,
+       run_len, run_mid_move,
        coalesce(band_pct < 0 AND price > ask_lowest, false) AS crossed,
        coalesce(run_len >= stale_n AND run_mid_move > stale_move, false) AS stale
 FROM s
@@ -181,7 +186,7 @@ WITH chosen AS (
 ), from_bands AS (
     SELECT time_bucket(step, ts) AS ts, venue, market, symbol, 'depth_bands' AS source_table,
         max(abs(band_pct)) AS band_pct,
-        avg(mid_est) FILTER (WHERE NOT crossed) AS mid,
+        avg(mid_est) FILTER (WHERE NOT sample_crossed) AS mid,
         avg(notional) FILTER (WHERE side = 'bid' AND flag IS NULL) AS bid_notional,
         avg(notional) FILTER (WHERE side = 'ask' AND flag IS NULL) AS ask_notional,
         avg(depth) FILTER (WHERE side = 'bid' AND flag IS NULL) AS bid_depth,

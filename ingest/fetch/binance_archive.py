@@ -8,10 +8,9 @@ Binance data reaches the lake. Files are mirrored under `<cache>/binance-vision/
 
 from __future__ import annotations
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Callable
@@ -20,6 +19,7 @@ from ..formats.base import Options
 from ..lake import Lake
 from ..pipeline import FileReport, ingest_paths
 from .http import DownloadError, NotFound, RetryPolicy, download, fetch_bytes, head_size, sha256_of
+from .pool import FetchResult, run_downloads
 
 DEFAULT_BASE_URL = "https://data.binance.vision"
 
@@ -148,19 +148,6 @@ def parse_checksum(text: str, name: str, url: str) -> str:
     return first[0].lower()
 
 
-@dataclass
-class FetchResult:
-    downloaded: list[tuple[ArchiveFile, Path]] = field(default_factory=list)
-    cached: list[tuple[ArchiveFile, Path]] = field(default_factory=list)
-    missing: list[tuple[ArchiveFile, str]] = field(default_factory=list)  # 404: not published
-    failed: list[tuple[ArchiveFile, str]] = field(default_factory=list)
-    bytes: int = 0
-
-    @property
-    def ready(self) -> list[tuple[ArchiveFile, Path]]:
-        return self.downloaded + self.cached
-
-
 def fetch_one(
     f: ArchiveFile,
     base_url: str,
@@ -210,58 +197,13 @@ def fetch_files(
     sleep: Callable[[float], None] = time.sleep,
     show_progress: bool = True,
     log: Callable[[str], None] | None = None,
-) -> FetchResult:
-    """Download a bounded number of files at once, with one progress bar for bytes and one for files."""
-    from rich.progress import (
-        BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn,
-    )
+) -> FetchResult[ArchiveFile]:
+    """Download `jobs` files at a time; a missing or failed file is reported, the rest go on."""
 
-    result = FetchResult()
-    lock = threading.Lock()
-    columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, disable=not show_progress, transient=False) as bar:
-        t_bytes = bar.add_task(f"files 0/{len(files)}", total=None)
-        totals: dict[ArchiveFile, int] = {}
+    def one(f: ArchiveFile, progress) -> tuple[Path, bool]:
+        return fetch_one(f, base_url, cache, verify=verify, policy=policy, sleep=sleep, progress=progress, log=log)
 
-        def progress_for(f: ArchiveFile) -> Callable[[int, int | None], None]:
-            def cb(n: int, total: int | None) -> None:
-                with lock:
-                    if total is not None and f not in totals:
-                        totals[f] = total
-                        bar.update(t_bytes, total=sum(totals.values()))
-                    result.bytes += n
-                bar.advance(t_bytes, n)
-            return cb
-
-        done = 0
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as ex:
-            futs = {
-                ex.submit(
-                    fetch_one, f, base_url, cache, verify=verify, policy=policy, sleep=sleep,
-                    progress=progress_for(f), log=log,
-                ): f
-                for f in files
-            }
-            for fut in as_completed(futs):
-                f = futs[fut]
-                done += 1
-                bar.update(t_bytes, description=f"files {done}/{len(files)}")
-                try:
-                    path, cached = fut.result()
-                except NotFound as e:
-                    result.missing.append((f, str(e)))
-                    continue
-                except DownloadError as e:
-                    result.failed.append((f, str(e)))
-                    continue
-                except OSError as e:
-                    result.failed.append((f, f"{f.name}: {e}"))
-                    continue
-                (result.cached if cached else result.downloaded).append((f, path))
-    order = {f: i for i, f in enumerate(files)}
-    for lst in (result.downloaded, result.cached, result.missing, result.failed):
-        lst.sort(key=lambda item: order[item[0]])
-    return result
+    return run_downloads(files, one, jobs=jobs, show_progress=show_progress, name=lambda f: f.name)
 
 
 def ingest_ready(

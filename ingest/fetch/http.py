@@ -98,7 +98,8 @@ class _Attempts:
             wait = min(self.policy.max_backoff, self.policy.backoff * 2 ** (self.n - 1))
         wait = min(wait, self.policy.max_retry_after)
         if self.log:
-            self.log(f"retry {self.n}/{self.policy.attempts - 1} in {wait:.2f}s: {why}")
+            name = self.url.split("?", 1)[0].rsplit("/", 1)[-1]
+            self.log(f"{name}: retry {self.n}/{self.policy.attempts - 1} in {wait:.2f}s: {why}")
         self.sleep(wait)
 
 

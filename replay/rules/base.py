@@ -63,10 +63,12 @@ class Position:
 
 @dataclass
 class Account:
-    """One margin account (or one representative of `weight` identical real accounts).
+    """One margin account, or the representative of `weight` similar real accounts.
 
     `balances` are signed asset quantities: collateral positive, loans negative (USDT -8e6 is a
-    borrowed 8 M USDT). Forced flows are multiplied by `weight` when they reach the book.
+    borrowed 8 M USDT). A representative holds the group's *totals* (so its forced flow needs no
+    scaling); thresholds defined per real account (Hyperliquid's partial-liquidation size) divide
+    by `weight`, and liquidation counts are reported in real accounts.
     """
 
     id: str

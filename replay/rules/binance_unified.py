@@ -90,7 +90,8 @@ class BinanceUnified(Rule):
 
     def collateral_value(self, asset: str, value: Num) -> Num:
         """min(value·CR, value) with flat or tiered CR; negative values (loans) at full value."""
-        spec = self.params["collateral_ratios"].get(asset, self.params["default_collateral_ratio"])
+        default = 1.0 if asset in CASH_ASSETS else self.params["default_collateral_ratio"]
+        spec = self.params["collateral_ratios"].get(asset, default)
         v = np.asarray(value, dtype=float)
         pos = np.maximum(v, 0.0)
         if isinstance(spec, Mapping):

@@ -71,7 +71,7 @@ class Hyperliquid(Rule):
             pos = account.positions[sym]
             mark = float(prices[("mark", self.venue, sym)])
             qty = abs(pos.qty)
-            if qty * mark * account.weight > self.params["partial_threshold_usd"] and self.params["partial_fraction"] < 1:
+            if qty * mark / max(account.weight, 1.0) > self.params["partial_threshold_usd"] and self.params["partial_fraction"] < 1:
                 qty *= float(self.params["partial_fraction"])
             orders.append(ForcedOrder(self.venue, "perp", sym, "sell" if pos.qty > 0 else "buy", qty, "market_liquidation"))
         return orders

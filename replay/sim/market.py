@@ -1,0 +1,459 @@
+"""The forward simulation: agents trade against the books one second at a time.
+
+Every price path comes out of flows meeting liquidity; nothing draws a path. Per second:
+
+1. market makers' risk systems set their quote sizes from realised volatility (bids are pulled
+   faster and deeper than asks: the liquidity vacuum);
+2. agents send taker flow: noise traders, the macro sellers after the tariff post, forced orders
+   from liquidations (perp longs closed at the mark by `binance_usdm`/`hyperliquid`; collateral
+   of loan/loop accounts and of market makers' unified accounts sold by the liquidation engine,
+   by `binance_unified` under its collateral pricing rule), arbitrageurs between venues (who stop
+   when withdrawals halt and their inventory runs out) and value buyers below a slow anchor;
+3. each book's net flow sweeps it (`book.Books`), organic limit orders arrive and are cancelled;
+4. index, mark and oracle prices are computed the venues' way from the new mids, and every
+   account is checked by its venue rule.
+
+`Records` keeps what the event writer needs; it holds per-second arrays, never per-event rows.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .agents import Cohort, LiquidationEngine, MMAccount, loan_cohort, perp_cohort, rule
+from .book import MM_LEVELS, Books
+from .scenario import Scenario
+from crashlab.replay.rules.base import STATUS, Account
+
+BAND_PCTS = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+SNAP_LEVELS = 10
+
+
+@dataclass
+class Records:
+    T: int
+    n: int
+    mid: np.ndarray = None  # (T+1, n) mid at each step boundary (row t = before step t)
+    low: np.ndarray = None  # (T, n)
+    high: np.ndarray = None
+    buys: np.ndarray = None  # taker buy quote notional
+    sells: np.ndarray = None
+    forced: np.ndarray = None  # part of `sells` that is forced (liquidation) flow
+    depth_bid: np.ndarray = None  # (S, n, 5) at snapshot steps
+    depth_ask: np.ndarray = None
+    snap_every: int = 2
+    snap_bid_px: np.ndarray = None  # (T // snap_every, n, L)
+    snap_bid_amt: np.ndarray = None
+    snap_ask_px: np.ndarray = None
+    snap_ask_amt: np.ndarray = None
+    ref: dict[str, np.ndarray] = field(default_factory=dict)  # (inst_id, price_type) -> (T,)
+    pool: np.ndarray = None  # (T,) on-chain USDe/USDT pool price
+    liquidations: list[tuple] = field(default_factory=list)  # (step, inst, side, qty, price, account)
+    mm_events: list[dict[str, Any]] = field(default_factory=list)
+    engine_events: list[tuple] = field(default_factory=list)  # (step, cohort, chunks, notional)
+    dt: float = 1.0
+    oi: dict[int, np.ndarray] = field(default_factory=dict)  # perp inst -> (T,) open long notional
+
+    def alloc(self, snap_every: int) -> None:
+        T, n = self.T, self.n
+        self.mid = np.zeros((T + 1, n))
+        for name in ("low", "high"):
+            setattr(self, name, np.full((T, n), np.nan))
+        for name in ("buys", "sells", "forced"):
+            setattr(self, name, np.zeros((T, n)))
+        self.snap_every = snap_every
+        S = (T + snap_every - 1) // snap_every
+        self.depth_bid = np.zeros((S, n, len(BAND_PCTS)))
+        self.depth_ask = np.zeros((S, n, len(BAND_PCTS)))
+        for name in ("snap_bid_px", "snap_bid_amt", "snap_ask_px", "snap_ask_amt"):
+            setattr(self, name, np.full((S, n, SNAP_LEVELS), np.nan))
+        self.pool = np.ones(T)
+
+
+def _arr(sc: Scenario, key: str) -> np.ndarray:
+    return np.array([float(i.get(key)) for i in sc.instruments])
+
+
+def _gamma_kernel(t: np.ndarray, tau: float) -> np.ndarray:
+    """Gamma(k=2) shape with mode at tau, integrating to 1 over t ≥ 0."""
+    t = np.maximum(t, 0.0)
+    return t / tau**2 * np.exp(-t / tau)
+
+
+class Market:
+    def __init__(self, sc: Scenario, seed: int, scale: float = 1.0):
+        self.sc = sc
+        self.rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
+        self.scale = scale
+        ins = sc.instruments
+        self.n = n = len(ins)
+        m = sc.section("model")
+        self.p0 = _arr(sc, "p0")
+        self.d1 = _arr(sc, "depth")
+        self.mm_share = _arr(sc, "mm_share")
+        self.hs = _arr(sc, "half_spread_bp") * 1e-4
+        self.dt = dt = float(m.get("dt_s", 1.0))
+        self.noise = _arr(sc, "noise") * self.d1 * np.sqrt(dt)  # per step
+        self.floor_bid = _arr(sc, "bid_floor")
+        self.floor_ask = _arr(sc, "ask_floor")
+        self.books = Books(self.p0, float(m["h"]), int(m["k_down"]), int(m["k_up"]), int(m["window"]))
+        prof = np.asarray(m["mm_profile"], dtype=float)
+        self.mm_profile = prof / prof.sum()
+        R, L = int(m["organic_levels"]), float(m["organic_decay_levels"])
+        op = np.exp(-np.arange(1, R + 1) / L)
+        within1 = max(1, int(round(0.01 / float(m["h"]))))  # levels within 1 % of the mid
+        self.org_profile = op / op[:within1].sum()
+        self.cancel = np.full(n, 1 - (1 - float(m["cancel_rate"])) ** dt)
+        self.add0 = (1 - self.mm_share) * self.d1 * self.cancel
+        # initial resting book = steady state of arrivals and cancels near the mid, plus latent
+        # liquidity far from it (orders resting for days), which nobody replenishes in the window
+        Rf, Lf = int(m["far_levels"]), float(m["far_decay_levels"])
+        fp = np.exp(-np.arange(1, Rf + 1) / Lf)
+        fp = fp / fp.sum() * float(m["far_depth"])  # in units of the 1 % depth
+        self.books.replenish(self.d1 * (1 - self.mm_share), self.d1 * (1 - self.mm_share), self.org_profile, np.ones(n))
+        self.books.replenish(self.d1, self.d1, fp, np.zeros(n))
+        for i, inst in enumerate(ins):
+            for pct, usd in inst.params.get("stale_bids", []):
+                self.books.add_resting(i, "bid", inst.p0 * (1 - pct / 100.0), float(usd))
+        # market-maker risk systems
+        r = sc.section("mm_risk")
+        self.vol_a = 1 - 0.5 ** (dt / float(r["vol_half_life_s"]))
+        hl_steps = float(r["vol_half_life_s"]) / dt
+        # calm level of the signed-return EWMA: noise-only returns averaged over ~2 half-lives
+        self.base_vol = self.noise / self.d1 * 0.01 / np.sqrt(2.9 * hl_steps) * float(r["base_vol_mult"])
+        self.k_down = 1 - np.exp(-dt / float(r["tau_down_s"]))
+        self.k_up = 1 - np.exp(-dt / float(r["tau_up_s"]))
+        self.vol = np.zeros(n)
+        self.f_bid = np.ones(n)
+        self.f_ask = np.ones(n)
+        self.leader = sc.index(r["leader"])
+        self.r = r
+        self.is_bspot = np.array([i.venue == "binance" and i.market == "spot" for i in ins])
+        # books whose MM fills stay in the MM's unified account (alts, collateral tokens); majors are
+        # assumed delta-hedged on perps, so their fills do not change the account's risk
+        self.mm_books = self.is_bspot & np.array([bool(i.get("mm_inventory")) for i in ins])
+        # agents
+        self.rules = {name: rule(name) for name in ("binance_usdm", "hyperliquid", "binance_unified")}
+        self.cohorts: list[Cohort] = []
+        self._build_cohorts()
+        eng = sc.section("engine")
+        self.engine = LiquidationEngine(n, _arr(sc, "engine_rate") * self.d1 * float(eng.get("rate_mult", 1.0)) * dt)
+        self.mms = self._build_mms()
+        self.pending: list[tuple[int, float, str, str]] = []  # perp forced orders for next step
+        self.arbs = self._build_arbs()
+        v = sc.section("value")
+        self.val_thr = _arr(sc, "value_thr_pct") / 100
+        self.val_width = _arr(sc, "value_width_pct") / 100
+        self.val_cap = _arr(sc, "value_cap") * self.d1 * dt
+        self.anchor_a = 1 - 0.5 ** (dt / float(v["anchor_half_life_s"]))
+        self.assets = sorted({i.asset for i in ins})
+        self.asset_of = np.array([self.assets.index(i.asset) for i in ins])
+        self.cons_w = np.array([float(i.get("consensus_weight")) for i in ins])
+        self.anchor = None
+        self.fair = {k: (str(a), float(rate)) for k, (a, rate) in sc.raw.get("fair", {}).items()}
+        mac = sc.section("macro")
+        self.t_post = sc.step_of(sc.events["tariff_post"]) / dt
+        self.macro_tau = float(mac["tau_s"]) / dt
+        self.macro = _arr(sc, "macro") * self.d1
+        self.halt = (int(sc.step_of(sc.events["withdrawals_halt"]) / dt), int(sc.step_of(sc.events["withdrawals_resume"]) / dt))
+        pool = sc.section("pool")
+        self.pool_y = 0.0
+        self.pool_depth = float(pool["depth_1pct"])
+        self.pool_revert = 1 - (1 - float(pool["revert_per_s"])) ** dt
+        self.pool_noise = float(pool["noise_bp"]) * 1e-4 * np.sqrt(dt)
+        self.usde = sc.index(pool["cex_instrument"])
+        self.perps = [i for i, x in enumerate(ins) if x.market == "perp"]
+
+    # ---- set-up ---------------------------------------------------------------------------
+    def _build_cohorts(self) -> None:
+        sc, rng = self.sc, np.random.default_rng(np.random.SeedSequence([0, 7]))
+        chunks = max(8, int(round(float(sc.section("model")["cohort_chunks"]) * max(1.0, self.scale) ** 0.5)))
+        for c in sc.raw.get("perp_cohort", []):
+            i = sc.index(c["instrument"])
+            inst = sc.instruments[i]
+            rl = self.rules["hyperliquid" if inst.venue == "hyperliquid" else "binance_usdm"]
+            self.cohorts.append(perp_cohort(
+                f"{inst.venue}-{inst.asset}-longs", rl, i, inst.symbol, inst.venue, inst.p0,
+                float(c["size"]) * inst.depth, c["leverage"], c["entry_pct"], float(c["rep_notional"]), chunks, rng))
+        for c in sc.raw.get("loan_cohort", []):
+            i = sc.index(c["instrument"])
+            inst = sc.instruments[i]
+            self.cohorts.append(loan_cohort(
+                f"binance-{inst.asset}-loans", self.rules["binance_unified"], i, inst.asset, inst.p0,
+                float(c["size"]) * inst.depth, c["leverage"], float(c["rep_notional"]), chunks, rng))
+        self.coll_share = {k: float(v) for k, v in sc.raw.get("perp_collateral", {}).get("assets", {}).items()}
+        self.coll_frac = float(sc.raw.get("perp_collateral", {}).get("fraction", 0.0))
+
+    def _build_mms(self) -> list[MMAccount]:
+        out = []
+        for a in self.sc.raw.get("mm_account", []):
+            acct = Account(a["id"], "binance_unified", cohort="market_makers", stage="mm_unified",
+                           balances={k: float(v) for k, v in a["balances"].items()})
+            out.append(MMAccount(acct, float(a["share"])))
+        return out
+
+    def _build_arbs(self) -> dict[str, np.ndarray]:
+        a_idx, b_idx, thr, k, cap, halts, budget0 = [], [], [], [], [], [], []
+        for a in self.sc.raw.get("arb", []):
+            ia = self.sc.index(a["a"])
+            ib = -1 if a["b"] == "pool" else self.sc.index(a["b"])
+            dep = self.d1[ia] if ib < 0 else min(self.d1[ia], self.d1[ib])
+            a_idx.append(ia)
+            b_idx.append(ib)
+            thr.append(float(a["thr_pct"]) / 100)
+            k.append(float(a["strength"]) * dep * 100 * self.dt)
+            cap.append(float(a["cap"]) * dep * self.dt)
+            halts.append(bool(a["halts"]))
+            budget0.append(float(a.get("halt_budget", 0.0)) * dep)
+        f = lambda v, t=float: np.asarray(v, dtype=t)  # noqa: E731
+        return {"a": f(a_idx, np.int64), "b": f(b_idx, np.int64), "thr": f(thr), "k": f(k), "cap": f(cap),
+                "halts": f(halts, bool), "budget0": f(budget0), "budget": np.zeros(len(a_idx))}
+
+    # ---- helpers --------------------------------------------------------------------------
+    def consensus(self, logmid: np.ndarray) -> np.ndarray:
+        """Per asset: weighted mean log price over the venues that define the broad market."""
+        w = self.cons_w
+        num = np.bincount(self.asset_of, weights=w * logmid, minlength=len(self.assets))
+        den = np.bincount(self.asset_of, weights=w, minlength=len(self.assets))
+        return np.where(den > 0, num / np.maximum(den, 1e-12), np.nan)
+
+    def spot_price(self, asset: str) -> float:
+        i = self.sc.find("binance", "spot", asset)
+        return float(self.books.mid[i])
+
+    # ---- the run --------------------------------------------------------------------------
+    def run(self, rec: Records, progress: Callable[[int, int], None] | None = None) -> Records:
+        T, n, books, rng = rec.T, self.n, self.books, self.rng
+        ins = self.sc.instruments
+        r = self.r
+        tt = np.arange(T, dtype=float)
+        kern = _gamma_kernel(tt - self.t_post, self.macro_tau)
+        kern = kern / max(kern.sum(), 1e-12)
+        arb = self.arbs
+        has_b = arb["b"] >= 0
+        b_idx = np.where(has_b, arb["b"], 0)
+        snap = 0
+        mm_share_alive = 1.0
+        logmid = np.log(books.mid)
+        cons = self.consensus(logmid)
+        self.anchor = cons.copy()
+        x_prev = books.x.copy()
+        idx_keys = {}
+        self._ref_arrays, self._bperp = {}, {}
+        for i in self.perps:
+            a = ins[i].asset
+            idx_keys[i] = [j for j, x in enumerate(ins) if x.asset == a and x.market == "spot"]
+            kinds = ("index", "mark", "basis") if ins[i].venue == "binance" else ("oracle", "mark", "basis")
+            self._ref_arrays[i] = {k: rec.ref.setdefault((ins[i].id, k), np.zeros(T)) for k in kinds}
+            self._bperp[i] = self.sc.find("binance", "perp", a)
+        for t in range(T):
+            rec.mid[t] = books.mid
+            # 1. market makers' risk systems ------------------------------------------------
+            # stress = directional move (EWMA of signed log returns, so noise averages out) in
+            # units of its calm level, at least `firm_wide` x the leader's
+            ret = books.x - x_prev
+            x_prev = books.x.copy()
+            self.vol += self.vol_a * (ret - self.vol)
+            stress = np.abs(self.vol) / self.base_vol
+            stress = np.maximum(stress, float(r["firm_wide"]) * stress[self.leader])
+            ex = np.maximum(stress - float(r["stress0"]), 0.0)
+            tb = np.maximum(self.floor_bid, np.exp(-float(r["alpha_bid"]) * ex))
+            ta = np.maximum(self.floor_ask, np.exp(-float(r["alpha_ask"]) * ex))
+            for f, tgt in ((self.f_bid, tb), (self.f_ask, ta)):
+                f += (tgt - f) * np.where(tgt < f, self.k_down, self.k_up)
+            of = float(r["organic_floor"])
+            # depth per unit log price a taker meets now (for agents that size to close a gap)
+            eff = self.d1 * 100 * (self.mm_share * np.minimum(self.f_bid, self.f_ask)
+                                   + (1 - self.mm_share) * np.maximum(np.minimum(self.f_bid, self.f_ask), of))
+            mm_alive = np.where(self.is_bspot, mm_share_alive, 1.0)
+            mm_bid = self.d1 * self.mm_share * self.f_bid * mm_alive
+            mm_ask = self.d1 * self.mm_share * self.f_ask * mm_alive
+            # 2. taker flow -------------------------------------------------------------------
+            mid = books.mid
+            logmid = np.log(mid)
+            noise = rng.normal(0.0, 1.0, n) * self.noise
+            buys = np.maximum(noise, 0) + 0.5 * np.abs(rng.normal(0, 1, n)) * self.noise
+            sells = np.maximum(-noise, 0) + 0.5 * np.abs(rng.normal(0, 1, n)) * self.noise
+            sells += self.macro * kern[t]
+            forced = np.zeros(n)
+            for (i, qty, acct, kind) in self.pending:
+                forced[i] += qty * mid[i]
+            eng_base = self.engine.take(mid)
+            forced += eng_base * mid
+            sells += forced
+            # arbitrage between venues (those who rebalance by withdrawals stop when their budget is gone)
+            halted = self.halt[0] <= t < self.halt[1]
+            if t == self.halt[0]:
+                arb["budget"][:] = arb["budget0"]
+            xb = np.where(has_b, logmid[b_idx], self.pool_y)
+            gap = logmid[arb["a"]] - xb
+            # close at most half the gap per step given both books' current depth (no overshoot)
+            ea = eff[arb["a"]]
+            eb = np.where(has_b, eff[b_idx], self.pool_depth * 100)
+            closing = 0.5 / (1 / ea + 1 / eb)
+            size = np.minimum(arb["cap"], np.minimum(arb["k"], closing) * np.maximum(np.abs(gap) - arb["thr"], 0.0))
+            if halted:
+                lim = arb["halts"]
+                size = np.where(lim, np.minimum(size, np.maximum(arb["budget"], 0.0)), size)
+                arb["budget"] -= np.where(lim, size, 0.0)
+            up = gap > 0
+            sells += np.bincount(arb["a"], weights=size * up, minlength=n)
+            buys += np.bincount(arb["a"], weights=size * ~up, minlength=n)
+            buys += np.bincount(b_idx, weights=size * up * has_b, minlength=n)
+            sells += np.bincount(b_idx, weights=size * ~up * has_b, minlength=n)
+            arb_pool_sell = float((size * ~up * ~has_b).sum())
+            # value buyers below their anchor
+            cons = self.consensus(logmid)
+            self.anchor += self.anchor_a * (cons - self.anchor)
+            anchor = self.anchor[self.asset_of].copy()
+            for asset, (under, rate) in self.fair.items():
+                k = self.assets.index(asset)
+                if under == "pool":
+                    fair = self.pool_y
+                else:
+                    fair = self.anchor[self.assets.index(under)] + np.log(rate)
+                anchor[self.asset_of == k] = fair
+            gapv = anchor - logmid - self.val_thr
+            buys += np.minimum(self.val_cap * np.clip(gapv / self.val_width, 0.0, 1.0),
+                               0.5 * eff * np.maximum(gapv, 0.0))
+            net = buys - sells
+            # 3. the sweep --------------------------------------------------------------------
+            res = books.sweep(net, mm_bid, mm_ask, self.mm_profile, self.hs)
+            rec.low[t], rec.high[t] = res.low, res.high
+            rec.buys[t], rec.sells[t], rec.forced[t] = buys, sells, forced
+            new_mid = books.mid
+            for (i, qty, acct, kind) in self.pending:
+                px = 0.5 * (mid[i] + (res.low[i] if np.isfinite(res.low[i]) else new_mid[i]))
+                rec.liquidations.append((t, i, "sell", qty, px, acct))
+            self.pending = []
+            if self.mms:
+                alive = [mm for mm in self.mms if mm.alive]
+                tot = sum(mm.share for mm in alive)
+                for mm in alive:
+                    w = mm.share / tot if tot > 0 else 0.0
+                    for i in np.flatnonzero(self.mm_books & (res.mm_base != 0)):
+                        a = ins[i].asset
+                        b = mm.account.balances
+                        b[a] = b.get(a, 0.0) + w * res.mm_base[i]
+                        b["USDT"] = b.get("USDT", 0.0) - w * res.mm_quote[i]
+            # 4. organic limit orders ---------------------------------------------------------
+            # other traders' limit orders are pulled less than MM quotes
+            books.replenish(self.add0 * np.maximum(self.f_bid, of), self.add0 * np.maximum(self.f_ask, of),
+                            self.org_profile, self.cancel)
+            if t % rec.snap_every == 0:
+                (db, lb), (da, la) = books.observe(BAND_PCTS, SNAP_LEVELS, mm_bid, mm_ask, self.mm_profile, self.hs)
+                rec.depth_bid[snap], rec.depth_ask[snap] = db, da
+                rec.snap_bid_px[snap], rec.snap_bid_amt[snap] = lb
+                rec.snap_ask_px[snap], rec.snap_ask_amt[snap] = la
+                snap += 1
+            # 5. reference prices -----------------------------------------------------------------
+            mid = new_mid
+            logmid = np.log(mid)
+            self.pool_y += -self.pool_revert * self.pool_y - arb_pool_sell / (self.pool_depth * 100) \
+                + rng.normal(0, self.pool_noise)
+            rec.pool[t] = np.exp(self.pool_y)
+            marks = self._reference_prices(t, mid, idx_keys, rec)
+            # 6. margin checks ----------------------------------------------------------------
+            for c in self.cohorts:
+                price = marks[c.inst] if c.kind == "perp_long" else mid[c.inst]
+                s = c.due(price)
+                if s.stop <= s.start:
+                    continue
+                if c.kind == "perp_long":
+                    for k in range(s.start, s.stop):
+                        self.pending.append((c.exec_inst, float(c.qty[k]), c.accounts[k], c.kind))
+                    if ins[c.inst].venue == "binance" and self.coll_frac > 0:
+                        coll = self.coll_frac * float(c.margin[s].sum())
+                        for asset, share in self.coll_share.items():
+                            j = self.sc.find("binance", "spot", asset)
+                            self.engine.add(j, coll * share / mid[j])
+                else:  # spot collateral: the engine sells it; Binance publishes no such stream
+                    self.engine.add(c.exec_inst, float(c.qty[s].sum()))
+                    rec.engine_events.append((t, c.name, s.stop - s.start, float(c.notional[s].sum())))
+            for c in self.cohorts:
+                if c.kind == "perp_long":
+                    rec.oi.setdefault(c.inst, np.zeros(T))[t] += float(c.notional[c.pointer:].sum())
+            if self.mms and t % 5 == 0:  # every 5 steps
+                mm_share_alive = self._check_mms(t, mid, rec)
+            if progress and (t + 1) % 300 == 0:
+                progress(t + 1, T)
+        rec.mid[T] = books.mid
+        return rec
+
+    def _reference_prices(self, t: int, mid: np.ndarray, idx_keys: dict, rec: Records) -> np.ndarray:
+        """Index, mark and oracle prices, each venue's way (crash_facts.md B2, B3)."""
+        ins = self.sc.instruments
+        marks = mid.copy()
+        m = mid.tolist()
+        a300 = 1 - 0.5 ** (self.dt / 300)
+        a150 = 1 - 0.5 ** (self.dt / 150)
+        for i in self.perps:
+            inst = ins[i]
+            spots = idx_keys[i]
+            ref = self._ref_arrays[i]
+            if inst.venue == "binance":
+                vals = [math.log(m[j]) for j in spots] or [math.log(m[i])]
+                med = statistics.median(vals)
+                ok = [v for v in vals if abs(v - med) <= 0.05]  # sources >5 % off the median: weight 0
+                index = math.exp(sum(ok) / len(ok)) if ok else math.exp(med)
+                b = ref["basis"]
+                prev = b[t - 1] if t > 0 else 0.0
+                b[t] = prev + a300 * ((m[i] - index) - prev)  # moving average of the basis
+                mark = sorted((index, index + b[t], m[i]))[1]
+                ref["index"][t] = index
+            else:  # hyperliquid: oracle = weighted median of spot mids; mark = median of three
+                srcs = [(m[j], 3.0 if ins[j].venue == "binance" else 2.0) for j in spots]
+                bperp = self._bperp[i]
+                if bperp is not None:
+                    srcs.append((m[bperp], 2.0))
+                srcs = sorted(srcs) or [(m[i], 1.0)]
+                half = sum(w for _, w in srcs) / 2
+                acc = 0.0
+                oracle = srcs[-1][0]
+                for v, w in srcs:
+                    acc += w
+                    if acc >= half:
+                        oracle = v
+                        break
+                b = ref["basis"]
+                prev = b[t - 1] if t > 0 else 0.0
+                b[t] = prev + a150 * ((m[i] - oracle) - prev)  # 150 s EMA of (mid - oracle)
+                third = m[bperp] if bperp is not None else m[i]
+                mark = sorted((oracle + b[t], m[i], third))[1]
+                ref["oracle"][t] = oracle
+            ref["mark"][t] = mark
+            marks[i] = mark
+        return marks
+
+    def _check_mms(self, t: int, mid: np.ndarray, rec: Records) -> float:
+        """Evaluate each market maker's unified account with `binance_unified`; liquidate breaches."""
+        rl = self.rules["binance_unified"]
+        for mm in self.mms:
+            if not mm.alive:
+                continue
+            acct = mm.account
+            prices = {}
+            for a in acct.balances:
+                j = self.sc.find("binance", "spot", a)
+                if j is not None:
+                    prices[("spot", "binance", a)] = float(mid[j])
+            chk = rl.check(acct, prices)
+            mm.history.append((t, float(chk.metric)))
+            if chk.status >= STATUS["liquidate"]:
+                mm.alive = False
+                mm.liquidated_at = t
+                plan = rl.liquidation_plan(acct, prices)
+                for o in plan:
+                    j = self.sc.find("binance", "spot", o.asset)
+                    if j is not None and o.qty > 0:
+                        self.engine.add(j, o.qty)
+                rec.mm_events.append({"step": t, "account": acct.id, "uniMMR": float(chk.metric),
+                                      "sold": {o.asset: o.qty for o in plan}})
+        alive = sum(mm.share for mm in self.mms if mm.alive)
+        total = sum(mm.share for mm in self.mms)
+        return 1.0 - (total - alive)
