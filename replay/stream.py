@@ -73,6 +73,9 @@ class EventBatch:
     def concat(parts: list["EventBatch"]) -> "EventBatch":
         return EventBatch(*[np.concatenate([getattr(p, f) for p in parts]) for f in _FIELDS])
 
+    def slice(self, a: int, b: int) -> "EventBatch":
+        return EventBatch(*[getattr(self, f)[a:b] for f in _FIELDS])
+
     def take(self, idx: np.ndarray) -> "EventBatch":
         return EventBatch(*[getattr(self, f)[idx] for f in _FIELDS])
 
@@ -214,6 +217,7 @@ class Stream:
         lo = pa.scalar(self.start_us, pa.timestamp("us", tz="UTC"))
         hi = pa.scalar(self.end_us, pa.timestamp("us", tz="UTC"))
         syms = pa.array(sorted({s for _, _, s in self.want})) if self.want is not None else None
+        groups = []
         for rg in range(pf.num_row_groups):
             st = pf.metadata.row_group(rg).column(ts_idx).statistics
             if st is not None and st.has_min_max:
@@ -222,13 +226,17 @@ class Stream:
                 mx_us = int(mx.timestamp() * 1e6) if hasattr(mx, "timestamp") else int(mx)
                 if mx_us < self.start_us or mn_us >= self.end_us:
                     continue
-            tab = pf.read_row_group(rg, columns=cols)
-            mask = pc.and_(pc.greater_equal(tab["ts"], lo), pc.less(tab["ts"], hi))
+            groups.append(rg)
+        if not groups:
+            return
+        for rb in pf.iter_batches(batch_size=self.batch_rows, row_groups=groups, columns=cols):
+            ts = rb.column(cols.index("ts"))
+            mask = pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi))
             if syms is not None:
-                mask = pc.and_(mask, pc.is_in(tab["symbol"], value_set=syms))
-            tab = tab.filter(mask)
-            for rb in tab.to_batches(max_chunksize=self.batch_rows):
-                yield rb
+                mask = pc.and_(mask, pc.is_in(rb.column(cols.index("symbol")), value_set=syms))
+            if not pc.all(mask).as_py():
+                rb = rb.filter(mask)
+            yield rb
 
     def _file_iter(self, table: str, path: Path, rank: int) -> Iterator[tuple[EventBatch, int]]:
         """(batch, safe_ts): every later row of this file has raw ts >= safe_ts."""
@@ -282,8 +290,8 @@ class Stream:
                     continue
                 cut = int(np.searchsorted(b.ts, horizon, side="left"))
                 if cut:
-                    parts.append(b.take(np.arange(cut)))
-                    bufs[i] = b.take(np.arange(cut, len(b)))
+                    parts.append(b.slice(0, cut))
+                    bufs[i] = b.slice(cut, len(b))
             if parts:
                 out = EventBatch.concat(parts)
                 order = np.lexsort((out.seq, out.table, out.ts))
