@@ -156,6 +156,10 @@ class ReplayMoves:
     def moves(self, price_path: pl.DataFrame) -> np.ndarray:
         v, m, s = self.instrument
         pp = price_path.filter((pl.col("venue") == v) & (pl.col("market") == m) & (pl.col("symbol") == s)).sort("ts")
+        if pp.height == 0:
+            # The engine writes a price path only for instruments that forced flow touched: with
+            # no flow on this instrument the model price never left its start, a zero move.
+            return np.zeros(len(self.bounds))
         return model_moves(pp, self.bounds)
 
     def __call__(self, subset: frozenset[str]) -> np.ndarray:
@@ -306,7 +310,7 @@ def attribute(
             v, m, s = inst
             model_path = full.price_path.filter((pl.col("venue") == v) & (pl.col("market") == m) & (pl.col("symbol") == s)).sort("ts")
             if flow is None:
-                flow = replay_flow_frame(full.liquidations)
+                flow = replay_flow_frame(full.events)
             sh = shapley(mechs, vf, workers=workers, cache=cache, progress=progress)
         elif scenario is None:
             notes.append("no replay scenario: attribution uses evidence scores only (not a decomposition of the move)")

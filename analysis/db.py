@@ -127,7 +127,7 @@ def _check_one(st: Any) -> None:
             return
         raise SQLRefused(f"refused: PRAGMA {name} is not allowed: only read PRAGMAs ({', '.join(sorted(_READ_PRAGMAS))})")
     why = {
-        "COPY": "COPY is not allowed: write results with --out (or Forensics.sql(...) in Python)",
+        "COPY": "COPY is not allowed: the lake is read-only; save results with --out",
         "EXPORT": "EXPORT is not allowed: write results with --out",
         "ATTACH": "ATTACH is not allowed: only the lake can be read",
         "DETACH": "DETACH is not allowed: only the lake can be read",

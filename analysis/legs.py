@@ -5,7 +5,8 @@ order, keeping the extreme since the last confirmed pivot. In a down-leg the ext
 low; the leg ends (its end pivot is that low) when a later high rises `threshold_pct` above it.
 In an up-leg, symmetrically, with the highest high and a fall of `threshold_pct` below it. Using
 highs and lows rather than closes is deliberate: crash wicks last seconds and a close-only
-zig-zag would cut straight through them. The first pivot is the first bar's open; the last leg runs
+zig-zag would cut straight through them. The first pivot is the high (or low) the first move of
+`threshold_pct` started from (the first bar's open if that is the extreme); the last leg runs
 from the last pivot to the last extreme (marked `complete = False`), and a flat tail after it is
 dropped. Legs shorter than `min_minutes` are merged into their neighbour by dropping their pivots.
 
@@ -53,17 +54,29 @@ def zigzag_pivots(
     pivots = [Pivot(ts[0], first if first is not None else (high[0] + low[0]) / 2)]
     direction = 0  # 0 unknown, +1 up-leg, -1 down-leg
     ext_i, ext_p = 0, pivots[0].price
+    # Until the first move of `threshold_pct`, track the high and low so far: the first leg starts
+    # at the extreme it moved away from (the top before a crash), not at the window's first bar.
+    hi_i, hi_p, lo_i, lo_p = 0, pivots[0].price, 0, pivots[0].price
     for i in range(len(ts)):
         h, lo = high[i], low[i]
         if direction == 0:
-            up, down = h >= pivots[0].price * (1 + th), lo <= pivots[0].price * (1 - th)
+            up, down = h >= lo_p * (1 + th), lo <= hi_p * (1 - th)
             if up and down:  # one bar spans both ways: follow the bigger move
-                up = (h / pivots[0].price - 1) >= (1 - lo / pivots[0].price)
+                up = (h / lo_p - 1) >= (1 - lo / hi_p)
                 down = not up
             if up:
+                if lo_i > 0:
+                    pivots[0] = Pivot(ts[lo_i], lo_p)
                 direction, ext_i, ext_p = 1, i, h
             elif down:
+                if hi_i > 0:
+                    pivots[0] = Pivot(ts[hi_i], hi_p)
                 direction, ext_i, ext_p = -1, i, lo
+            else:
+                if h > hi_p:
+                    hi_i, hi_p = i, h
+                if lo < lo_p:
+                    lo_i, lo_p = i, lo
             continue
         if direction == 1:
             if h > ext_p:

@@ -82,11 +82,17 @@ def _ffill(df: pl.DataFrame, lo: datetime, hi: datetime) -> pl.DataFrame:
 
 
 def replay_flow_frame(run_liquidations: pl.DataFrame | None) -> pl.DataFrame:
-    """A replay run's forced flow as (ts, venue, stage, quote_amount), or an empty frame."""
+    """A replay run's forced flow as (ts, venue, stage, quote_amount), or an empty frame.
+
+    Accepts a run's events (forced orders are kept) or any frame of forced fills."""
     cols = {"ts": pl.Datetime("us", "UTC"), "venue": pl.String, "stage": pl.String, "quote_amount": pl.Float64}
     if run_liquidations is None or run_liquidations.height == 0:
         return pl.DataFrame(schema=cols)
     df = run_liquidations
+    if "kind" in df.columns:
+        # A run's events: liquidation rows mark the breach; the notional is on its forced orders.
+        # The scenario's exogenous macro flow is not forced (liquidation) flow.
+        df = df.filter((pl.col("kind") == "forced_order") & (pl.col("stage").fill_null("") != "macro_shock"))
     if "quote_amount" not in df.columns and {"price", "amount"} <= set(df.columns):
         df = df.with_columns((pl.col("price") * pl.col("amount")).alias("quote_amount"))
     return df.select(
@@ -94,7 +100,7 @@ def replay_flow_frame(run_liquidations: pl.DataFrame | None) -> pl.DataFrame:
         pl.col("venue").cast(pl.String) if "venue" in df.columns else pl.lit(None, pl.String).alias("venue"),
         pl.col("stage").cast(pl.String) if "stage" in df.columns else pl.lit(None, pl.String).alias("stage"),
         pl.col("quote_amount").cast(pl.Float64).abs(),
-    )
+    ).filter(pl.col("quote_amount").is_finite())
 
 
 def _replay_minutes(replay: pl.DataFrame | None, stages: list[str], lo: datetime, hi: datetime) -> pl.DataFrame | None:
@@ -187,21 +193,40 @@ def _signal(db: LakeSQL, stage: Stage, start: datetime, end: datetime, replay: p
         out = cexf.join(ref, on="ts", how="inner").select("ts", ((pl.col("ref") - pl.col("value")) / pl.col("ref") * 100).alias("value"))
         return Signal(stage.name, kind, "% below reference", out, out.height > 0, note)
     if kind == "depth_withdrawal":
-        band = float(sig.get("band_pct", -1.0))
-        df = db.sql(
-            """WITH m AS (SELECT venue, symbol, time_bucket(INTERVAL 1 minute, ts) AS ts, avg(notional) AS n
-                          FROM depth_bands WHERE ts >= $lo AND ts < $hi AND band_pct = $band GROUP BY ALL)
-               SELECT ts, sum(n) AS value FROM m GROUP BY ts ORDER BY ts""",
-            {**p, "band": band},
-        )
-        if df.height == 0:
-            return Signal(stage.name, kind, "% of bid depth gone", _empty(), False, f"no depth bands at {band} %")
+        bands = [float(b) for b in sig.get("bands", [sig.get("band_pct", -1.0)])]
+        stale = stale_bands(db, lo, start)
+        df = pl.DataFrame()
+        used, skipped = None, []
+        for band in bands:
+            df = db.sql(
+                """SELECT time_bucket(INTERVAL 1 minute, ts) AS ts, venue, symbol, avg(notional) AS n
+                   FROM depth_bands WHERE ts >= $lo AND ts < $hi AND band_pct = $band GROUP BY ALL""",
+                {**p, "band": band},
+            )
+            bad = {(v, s_) for (v, s_, b) in stale if b == band}
+            if band < 0:
+                bad |= _lopsided(db, band, lo, start, float(sig.get("min_bid_ask_ratio", 0.2)))
+            bad |= _crossed(db, band, lo, end)
+            if bad:
+                skipped.append(f"{band:g} %")
+                df = df.filter(~pl.struct("venue", "symbol").map_elements(lambda r: (r["venue"], r["symbol"]) in bad, return_dtype=pl.Boolean))
+            if df.height:
+                used = band
+                break
+        if used is None:
+            why = f"no depth bands at {bands} %" + (f" (stale in the baseline: {', '.join(skipped)})" if skipped else "")
+            return Signal(stage.name, kind, "% of bid depth gone", _empty(), False, why)
+        df = df.group_by("ts").agg(pl.col("n").sum().alias("value")).sort("ts")
         base_df = df.filter(pl.col("ts") < start)
         if base_df.height == 0:
             return Signal(stage.name, kind, "% of bid depth gone", _empty(), False, "no depth before the window to compare with")
         med = float(base_df["value"].median())
         out = _ffill(df, lo, end).with_columns(((1 - pl.col("value") / med) * 100).alias("value"))
-        return Signal(stage.name, kind, "% of bid depth gone", out, True, f"bid notional within {abs(band):g} % vs pre-window median")
+        side = "bid" if used < 0 else "ask (every bid band was unusable)"
+        note = f"{side} notional within {abs(used):g} % vs pre-window median"
+        if skipped:
+            note += f"; skipped stale band(s) {', '.join(skipped)}"
+        return Signal(stage.name, kind, "% of bid depth gone", out, True, note)
     if kind == "price_drawdown":
         excl = [b.upper() for b in sig.get("exclude_bases", [])]
         closes = minute_closes(db, lo, end)
@@ -270,6 +295,55 @@ def _ref_series(db: LakeSQL, venues: list[str], base: str, lo: datetime, hi: dat
     return _ffill(df, lo, hi).rename({"value": "ref"})
 
 
+def _crossed(db: LakeSQL, band: float, lo: datetime, hi: datetime) -> set[tuple[str, str]]:
+    """Instruments whose bid band's average price sat above the lowest ask band price in more than a
+    quarter of the samples of [lo, hi): the file measures that band from a stale crossed bid, not
+    from the market, so its "withdrawal" would be the market moving away from that stale price."""
+    if band >= 0:
+        return set()
+    df = db.sql(
+        """WITH s AS (SELECT ts, venue, symbol,
+                             max(notional / nullif(depth, 0)) FILTER (WHERE band_pct = $b) AS bid_px,
+                             min(notional / nullif(depth, 0)) FILTER (WHERE band_pct > 0) AS ask_px
+                      FROM depth_bands WHERE ts >= $lo AND ts < $hi GROUP BY ALL)
+           SELECT venue, symbol, avg(CASE WHEN bid_px > ask_px THEN 1.0 ELSE 0.0 END) AS share
+           FROM s WHERE bid_px IS NOT NULL AND ask_px IS NOT NULL GROUP BY ALL""",
+        {"lo": lo, "hi": hi, "b": band},
+    )
+    return {(r["venue"], r["symbol"]) for r in df.iter_rows(named=True) if r["share"] > 0.25}
+
+
+def _lopsided(db: LakeSQL, band: float, lo: datetime, hi: datetime, min_ratio: float) -> set[tuple[str, str]]:
+    """Instruments whose bid band held less than `min_ratio` of the same-distance ask band over the
+    baseline: a one-sided book there is a recording artefact (e.g. a stuck crossed order distorting
+    the file's mid), not a calm market, so it cannot show a withdrawal."""
+    df = db.sql(
+        """SELECT venue, symbol,
+                  median(notional) FILTER (WHERE band_pct = $b) AS bid,
+                  median(notional) FILTER (WHERE band_pct = -$b) AS ask
+           FROM depth_bands WHERE ts >= $lo AND ts < $hi AND abs(band_pct) = abs($b) GROUP BY ALL""",
+        {"lo": lo, "hi": hi, "b": band},
+    )
+    return {(r["venue"], r["symbol"]) for r in df.iter_rows(named=True) if r["bid"] is not None and r["ask"] and r["bid"] < min_ratio * r["ask"]}
+
+
+def stale_bands(db: LakeSQL, lo: datetime, hi: datetime, repeat_share: float = 0.5) -> set[tuple[str, str, float]]:
+    """Depth bands that repeat the previous sample's notional in more than half of [lo, hi).
+
+    Binance's bookDepth files carry bid bands that repeat one stale value for hours (a stuck
+    order); such a band cannot show a withdrawal, so it is skipped for the next wider band.
+    """
+    df = db.sql(
+        """WITH s AS (SELECT venue, symbol, band_pct, notional,
+                             lag(notional) OVER (PARTITION BY venue, symbol, band_pct ORDER BY ts) AS prev
+                      FROM depth_bands WHERE ts >= $lo AND ts < $hi)
+           SELECT venue, symbol, band_pct, avg(CASE WHEN notional = prev THEN 1.0 ELSE 0.0 END) AS rep, count(*) AS n
+           FROM s WHERE prev IS NOT NULL GROUP BY ALL""",
+        {"lo": lo, "hi": hi},
+    )
+    return {(r["venue"], r["symbol"], float(r["band_pct"])) for r in df.iter_rows(named=True) if r["n"] >= 5 and r["rep"] > repeat_share}
+
+
 def stage_signals(db: LakeSQL, stages, start: datetime, end: datetime, replay: pl.DataFrame | None = None) -> dict[str, Signal]:
     return {s.name: _signal(db, s, start, end, replay) for s in stages}
 
@@ -277,7 +351,8 @@ def stage_signals(db: LakeSQL, stages, start: datetime, end: datetime, replay: p
 def onset(stage: Stage, sig: Signal, start: datetime, end: datetime) -> Onset:
     """The documented onset rule (module docstring) applied to one stage's signal."""
     r = stage.onset
-    rule = f"median + max({r.k:g}*1.4826*MAD, {r.min_delta:g}) over {r.baseline} before start, {r.m} consecutive min"
+    cap = f" capped at {r.max_delta:g}" if r.max_delta is not None else ""
+    rule = f"median + max({r.k:g}*1.4826*MAD, {r.min_delta:g}){cap} over {r.baseline} before start, {r.m} consecutive min"
     if sig.kind == "markers":
         rule = "first marker in the window (lookback included)"
         if not sig.available:
@@ -299,7 +374,11 @@ def onset(stage: Stage, sig: Signal, start: datetime, end: datetime) -> Onset:
             run = 0
         run = run + 1 if a else 0
         if run >= r.m:
-            return Onset(stage.name, ts[i - r.m + 1], th, med, rule, f"crossed {th:.4g} ({sig.unit})")
+            first = ts[i - r.m + 1]
+            why = f"crossed {th:.4g} ({sig.unit})"
+            if first <= start:
+                why += "; already above the threshold at the window start: the true onset may be earlier"
+            return Onset(stage.name, first, th, med, rule, why)
     return Onset(stage.name, None, th, med, rule, f"never above {th:.4g} ({sig.unit}) for {r.m} min in the window")
 
 
@@ -311,7 +390,10 @@ def threshold(stage: Stage, sig: Signal, start: datetime) -> tuple[float, float]
         return None
     med = float(np.median(b))
     mad = float(np.median(np.abs(b - med)))
-    return med, med + max(r.k * MAD_SCALE * mad, r.min_delta)
+    delta = max(r.k * MAD_SCALE * mad, r.min_delta)
+    if r.max_delta is not None:
+        delta = min(delta, r.max_delta)
+    return med, med + delta
 
 
 def leg_evidence(stage: Stage, sig: Signal, start: datetime, leg_start: datetime, leg_end: datetime) -> float | None:

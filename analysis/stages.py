@@ -34,6 +34,7 @@ class OnsetRule:
     k: float = 5.0
     m: int = 2
     min_delta: float = 0.0
+    max_delta: float | None = None  # cap for bounded signals (a percentage of depth gone)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ def _rule(raw: dict[str, Any], base: OnsetRule, where: str) -> OnsetRule:
             k=float(raw.get("k", base.k)),
             m=int(raw.get("m", base.m)),
             min_delta=float(raw.get("min_delta", base.min_delta)),
+            max_delta=float(raw["max_delta"]) if "max_delta" in raw else base.max_delta,
         )
     except (TypeError, ValueError) as e:
         raise StagesError(f"{where}: bad onset parameter: {e}") from None

@@ -9,8 +9,14 @@ fraction: 0.001 = 0.1 %), per side. It is built, best source first, from:
 3. traded notional alone (last resort, flagged as such): depth within 1 % = k × the traded
    notional of the last 5 minutes, growing linearly with distance (`impact.trades_depth_k`).
 
-Books are dicts {price: amount}: applying a batch of updates is one `dict.update(zip(...))`, which
-runs in C, so the fold keeps up with millions of updates per second in Python.
+Two book implementations with the same semantics: `Book` (dicts {price: amount}, one
+`dict.update` per batch; the plain reference) and `ArrayBook` (numpy arrays, what the fold uses).
+`ArrayBook` keeps the levels in the dict's insertion order, last write per price wins, new prices
+are appended in order of first appearance, and tombstones are compacted at the same moments, so
+the ladder sums its levels in exactly the same order and both give bit-identical ladders. The
+order matters: the ladder's per-bin sums are floating point, and "same inputs -> same bytes" is a
+contract of the replay. A batch of updates costs one sort of the batch and one `searchsorted`
+into the book instead of a Python float object per update.
 """
 
 from __future__ import annotations
@@ -59,11 +65,124 @@ class Book:
         """(mid, cum bid notional[P], cum ask notional[P]) or None if a side is empty."""
         bp, ba = self._arrays(self.bids)
         ap, aa = self._arrays(self.asks)
-        if not len(bp) or not len(ap):
-            return None
-        bb, bo = bp.max(), ap.min()
-        mid = 0.5 * (bb + bo) if bb < bo else (bb if bb > 0 else bo)
-        return mid, _cum(np.maximum(mid - bp, 0.0) / mid, bp * ba), _cum(np.maximum(ap - mid, 0.0) / mid, ap * aa)
+        return _ladder(bp, ba, ap, aa)
+
+
+def _ladder(bp: np.ndarray, ba: np.ndarray, ap: np.ndarray, aa: np.ndarray) -> tuple[float, np.ndarray, np.ndarray] | None:
+    if not len(bp) or not len(ap):
+        return None
+    bb, bo = bp.max(), ap.min()
+    mid = 0.5 * (bb + bo) if bb < bo else (bb if bb > 0 else bo)
+    return mid, _cum(np.maximum(mid - bp, 0.0) / mid, bp * ba), _cum(np.maximum(ap - mid, 0.0) / mid, ap * aa)
+
+
+_EMPTY_F = np.empty(0, dtype=float)
+_EMPTY_I = np.empty(0, dtype=np.intp)
+_ZERO = np.zeros(1, dtype=np.intp)
+
+
+class _Side:
+    """One side as arrays in dict insertion order (`p`, `a`), plus `order`, the permutation that
+    sorts `p`, and `ps` = p[order] (lookups are a `searchsorted` into `ps`)."""
+
+    __slots__ = ("p", "a", "order", "ps")
+
+    def __init__(self) -> None:
+        self.p, self.a, self.order, self.ps = _EMPTY_F, _EMPTY_F, _EMPTY_I, _EMPTY_F
+
+    def update(self, up: np.ndarray, ua: np.ndarray) -> None:
+        """`dict.update(zip(up, ua))`: last value per price wins; unseen prices are appended in order
+        of first appearance; NaN prices never match anything (each NaN row is a new level, as in a
+        dict fed with fresh float objects); -0.0 and 0.0 are the same level."""
+        n = len(up)
+        if not n:
+            return
+        if n == 1:
+            o = _ZERO
+            u, v, first = up, ua, _ZERO
+        else:
+            o = np.argsort(up, kind="stable")
+            s = up[o]
+            brk = np.empty(n, dtype=bool)
+            brk[0] = True
+            np.not_equal(s[1:], s[:-1], out=brk[1:])
+            starts = np.flatnonzero(brk)
+            if len(starts) == n:  # all prices distinct
+                first = last = o
+            else:
+                first = o[starts]
+                last = o[np.append(starts[1:], n) - 1]
+            u, v = s[starts], ua[last]  # u is sorted; s[starts] == up[first]
+        m = len(self.p)
+        if m:
+            pos = np.searchsorted(self.ps, u)
+            found = pos < m
+            found[found] = self.ps[pos[found]] == u[found]
+            nf = int(np.count_nonzero(found))
+            if nf == len(u):
+                self.a[self.order[pos]] = v
+                return
+            if nf:
+                self.a[self.order[pos[found]]] = v[found]
+                new = ~found
+                u, v, first, pos = u[new], v[new], first[new], pos[new]
+        else:
+            pos = np.zeros(len(u), dtype=np.intp)
+        k = np.argsort(first, kind="stable") if len(u) > 1 else _ZERO[: len(u)]
+        idx = np.empty(len(u), dtype=np.intp)
+        idx[k] = m + np.arange(len(u))
+        self.p = np.concatenate([self.p, u[k]])
+        self.a = np.concatenate([self.a, v[k]])
+        # u is sorted and pos nondecreasing: inserting keeps ps sorted (NaNs stay last)
+        self.ps = np.insert(self.ps, pos, u)
+        self.order = np.insert(self.order, pos, idx)
+
+    def live(self) -> tuple[np.ndarray, np.ndarray]:
+        """Levels with amount > 0, in insertion order; compacts tombstones like `Book._arrays`."""
+        p, a = self.p, self.a
+        n = len(p)
+        live = a > 0
+        lp, la = p[live], a[live]
+        if len(lp) * 2 < n and n > 64:
+            keep = live | np.isnan(p)  # a dict cannot pop a NaN key with a fresh NaN object
+            self.p, self.a = p[keep], a[keep]
+            self.order = np.argsort(self.p, kind="stable")
+            self.ps = self.p[self.order]
+        return lp, la
+
+
+class ArrayBook:
+    """`Book` on numpy arrays: same results bit for bit, without a Python object per update."""
+
+    __slots__ = ("bid", "ask", "snap_ts")
+
+    def __init__(self) -> None:
+        self.bid, self.ask = _Side(), _Side()
+        self.snap_ts = -1
+
+    def clear(self) -> None:
+        self.bid, self.ask = _Side(), _Side()
+
+    def apply(self, side: np.ndarray, price: np.ndarray, amount: np.ndarray) -> None:
+        b = side > 0
+        nb = int(np.count_nonzero(b))
+        if nb == len(b):
+            self.bid.update(price, amount)
+        elif nb == 0:
+            self.ask.update(price, amount)
+        else:
+            self.bid.update(price[b], amount[b])
+            a = ~b
+            self.ask.update(price[a], amount[a])
+
+    def ladder(self) -> tuple[float, np.ndarray, np.ndarray] | None:
+        bp, ba = self.bid.live()
+        ap, aa = self.ask.live()
+        return _ladder(bp, ba, ap, aa)
+
+    def levels(self) -> tuple[dict[float, float], dict[float, float]]:
+        """The book as the dicts `Book` would hold (for tests and debugging)."""
+        return (dict(zip(self.bid.p.tolist(), self.bid.a.tolist())), dict(zip(self.ask.p.tolist(), self.ask.a.tolist())))
 
 
 def _cum(dist: np.ndarray, notional: np.ndarray) -> np.ndarray:

@@ -24,8 +24,8 @@ import numpy as np
 from crashlab.ingest.lake import Lake
 from crashlab.ingest.schema import TABLE_PRIORITY
 
-from .books import GRID, P, Book, ladder_from_bands
-from .stream import PTYPES, EventBatch, Instrument, Stream, _us
+from .books import GRID, P, ArrayBook, ladder_from_bands
+from .stream import PTYPES, EventBatch, Instrument, Stream, _us, merge_parts
 
 _T_TRADES = TABLE_PRIORITY["trades"]
 _T_SNAP = TABLE_PRIORITY["book_snapshots"]
@@ -34,6 +34,8 @@ _T_BANDS = TABLE_PRIORITY["depth_bands"]
 _T_PRICES = TABLE_PRIORITY["prices"]
 _T_BARS = TABLE_PRIORITY["bars"]
 NPT = 9  # price kinds (PTYPES)
+#: Table groups whose fold state is independent (prices | books | bands), in `Folder.feed` order.
+_GROUP = {_T_TRADES: 2, TABLE_PRIORITY["prices"]: 2, TABLE_PRIORITY["bars"]: 2, _T_SNAP: 0, _T_DELTA: 0, _T_BANDS: 1}
 
 
 @dataclass
@@ -96,7 +98,7 @@ class Folder:
         self.T = max(1, -(-(_us(end) - self.start_us) // step_us))
         self.prices: dict[tuple[int, int], np.ndarray] = {}
         self.ids: dict[tuple[int, int], np.ndarray] = {}
-        self.books: dict[int, Book] = {}
+        self.books: dict[int, ArrayBook] = {}
         self.bid: dict[int, np.ndarray] = {}
         self.ask: dict[int, np.ndarray] = {}
         self.source: dict[int, str] = {}
@@ -151,38 +153,74 @@ class Folder:
         if dm.any():
             self._bands(b, k, np.nonzero(dm)[0])
 
+    def feed_parts(self, parts: list[EventBatch]) -> None:
+        """Fold one window of `Stream.windows()` without merging what needs no merge.
+
+        Equal to `feed(merge_parts(parts))`: the fold's state is per instrument and per table group
+        (prices from trades/prices/bars; books from snapshots/deltas; depth bands), so only parts of
+        one group that share an instrument must be merged; groups go in the order `feed` handles
+        them where it matters (books before bands: a real book beats bands)."""
+        groups: dict[int, list[EventBatch]] = {}
+        for b in parts:
+            if len(b):
+                groups.setdefault(_GROUP[int(b.table[0])], []).append(b)
+        for g in sorted(groups):
+            ps = groups[g]
+            if len(ps) == 1:
+                self.feed(ps[0])
+                continue
+            clusters: list[tuple[set[int], list[int]]] = []  # part positions sharing instruments
+            for j, b in enumerate(ps):
+                insts = set(np.unique(b.inst).tolist())
+                hit = [c for c in clusters if c[0] & insts]
+                for c in hit:
+                    clusters.remove(c)
+                    insts |= c[0]
+                clusters.append((insts, sorted([m for c in hit for m in c[1]] + [j])))  # rank order
+            for _, members in clusters:
+                self.feed(merge_parts([ps[m] for m in members]))
+
     def _books(self, b: EventBatch, k: np.ndarray, idx: np.ndarray) -> None:
         inst = b.inst[idx]
-        for i in np.unique(inst).tolist():
-            s = idx[inst == i]
+        uniq = np.unique(inst)
+        for i in uniq.tolist():
+            s = idx if len(uniq) == 1 else idx[inst == i]
             book = self.books.get(i)
             if book is None:
-                book = self.books[i] = Book()
+                book = self.books[i] = ArrayBook()
                 self.source[i] = "book"
+            if len(s) == len(b):  # the whole batch: views, not copies
+                s = slice(None)
             ks = k[s] // self.L
-            bounds = np.flatnonzero(np.diff(ks)) + 1
-            for seg in np.split(s, bounds):
-                snap = (b.table[seg] == _T_SNAP) | ((b.table[seg] == _T_DELTA) & (b.aux[seg] > 0))
-                if snap.any():
-                    # a snapshot replaces the book: start from the last snapshot's first row
-                    sts = b.ts[seg][snap]
-                    last_ts = sts[-1]
-                    first_row = int(np.argmax(snap & (b.ts[seg] == last_ts)))
-                    if last_ts != book.snap_ts or first_row > 0 or not snap[0]:
-                        book.clear()
-                    book.snap_ts = int(last_ts)
-                    seg = seg[first_row:]
-                book.apply(b.side[seg], b.price[seg], b.amount[seg])
+            bounds = np.flatnonzero(ks[1:] != ks[:-1]) + 1
+            tab, ts, aux, side, price, amount = b.table[s], b.ts[s], b.aux[s], b.side[s], b.price[s], b.amount[s]
+            eid, kv = b.event_id[s], k[s]
+            snaps = (tab == _T_SNAP) | ((tab == _T_DELTA) & (aux > 0))
+            any_snap = bool(snaps.any())
+            edges = [0, *bounds.tolist(), len(ks)]
+            for a, e in zip(edges[:-1], edges[1:]):
+                if any_snap:
+                    snap = snaps[a:e]
+                    if snap.any():
+                        # a snapshot replaces the book: start from the last snapshot's first row
+                        sts = ts[a:e]
+                        last_ts = sts[snap][-1]
+                        first_row = int(np.argmax(snap & (sts == last_ts)))
+                        if last_ts != book.snap_ts or first_row > 0 or not snap[0]:
+                            book.clear()
+                        book.snap_ts = int(last_ts)
+                        a += first_row
+                book.apply(side[a:e], price[a:e], amount[a:e])
                 lad = book.ladder()
                 if lad is None:
                     continue
-                kk = min((int(k[seg[-1]]) // self.L + 1) * self.L - 1, self.T - 1)
+                kk = min((int(kv[e - 1]) // self.L + 1) * self.L - 1, self.T - 1)
                 mid, lb, la = lad
                 self._arr(self.bid, i, (self.T, P), np.nan)[kk] = lb
                 self._arr(self.ask, i, (self.T, P), np.nan)[kk] = la
                 key = (i, PTYPES["book_mid"])
                 self._arr(self.prices, key, self.T, np.nan)[kk] = mid
-                self._arr(self.ids, key, self.T, 0, np.int64)[kk] = b.event_id[seg[-1]]
+                self._arr(self.ids, key, self.T, 0, np.int64)[kk] = eid[e - 1]
 
     def _bands(self, b: EventBatch, k: np.ndarray, idx: np.ndarray) -> None:
         inst = b.inst[idx]
@@ -247,10 +285,10 @@ def build_tape(
         return _CACHE[key]
     stream = Stream(lake, start, end, instruments=instruments, bar_path=bar_path)
     folder = Folder(start, end, step_us)
-    for batch in stream:
-        folder.feed(batch)
+    for parts in stream.windows():
+        folder.feed_parts([b for _, b in parts])
         if progress:
-            progress(len(batch))
+            progress(sum(len(b) for _, b in parts))
     tape = folder.finish(start, end, stream.instruments, stream.rows_read)
     if cache:
         _CACHE[key] = tape

@@ -83,15 +83,56 @@ class EventBatch:
 _FIELDS = ("ts", "table", "seq", "inst", "side", "price", "amount", "aux", "ptype", "event_id")
 
 
+def merge_parts(parts: list[EventBatch]) -> EventBatch:
+    """Merge parts given in file-rank order, each sorted by (ts, seq), into (ts, table, seq) order."""
+    if len(parts) == 1:
+        return parts[0]
+    out = EventBatch.concat(parts)
+    if len(out) > 1 and (out.ts[1:] < out.ts[:-1]).any():
+        out = out.take(np.argsort(out.ts, kind="stable"))
+    return out
+
+
 def _us(t: datetime) -> int:
     return int(t.timestamp() * 1_000_000) if t.tzinfo else int(t.replace(tzinfo=None).timestamp() * 1e6)
 
 
+#: String columns read dictionary-encoded: decoding a few distinct values once per batch instead of
+#: one string per row is most of what reading the lake costs.
+_DICT_COLS = ("venue", "market", "symbol", "side", "price_type", "interval")
+_SIDE_CODE = {"buy": 1, "bid": 1, "sell": -1, "ask": -1}
+
+
+def _dict(col: pa.Array) -> tuple[list, np.ndarray]:
+    """(distinct values + [None], index per row with nulls pointing at the trailing None)."""
+    if not pa.types.is_dictionary(col.type):
+        col = pc.dictionary_encode(col)
+    vals = col.dictionary.to_pylist() + [None]
+    idx = col.indices
+    if idx.null_count:
+        idx = pc.fill_null(idx, len(vals) - 1)
+    return vals, idx.to_numpy(zero_copy_only=False)
+
+
+def _lut(col: pa.Array, table: dict, default, dtype, null=None) -> np.ndarray:
+    """Map a string column through `table` (unknown -> default, null -> `null` or default) one
+    distinct value at a time."""
+    vals, idx = _dict(col)
+    null = default if null is None else null
+    lut = np.array([table.get(v, default) if v is not None else null for v in vals], dtype=dtype)
+    return lut[idx]
+
+
 def _side(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    s = pc.fill_null(col, "")
-    buy = pc.or_(pc.equal(s, "buy"), pc.equal(s, "bid")).to_numpy(zero_copy_only=False)
-    sell = pc.or_(pc.equal(s, "sell"), pc.equal(s, "ask")).to_numpy(zero_copy_only=False)
-    return (buy.astype(np.int8) - sell.astype(np.int8))
+    return _lut(col, _SIDE_CODE, 0, np.int8)
+
+
+def _i64(col) -> np.ndarray:
+    """int64 µs of a timestamp column (zero-copy when it has no nulls; nulls -> the minimum int64)."""
+    if col.null_count:
+        col = pc.fill_null(pc.cast(col, pa.int64()), np.iinfo(np.int64).min)
+    return col.view(pa.int64()).to_numpy(zero_copy_only=False) if pa.types.is_timestamp(col.type) else \
+        pc.cast(col, pa.int64()).to_numpy(zero_copy_only=False)
 
 
 def _f64(col) -> np.ndarray:
@@ -129,33 +170,37 @@ class Stream:
     # ---- per file ----------------------------------------------------------------------------
     def _codes(self, venue, market, symbol) -> np.ndarray:
         """Instrument codes for a batch; rows not wanted get -1."""
-        keys = pa.Table.from_arrays([venue, market, symbol], names=["v", "m", "s"])
-        uniq = keys.group_by(["v", "m", "s"]).aggregate([]).to_pylist()
-        lookup: dict[Instrument, int] = {}
-        for r in uniq:
-            k = (r["v"], r["m"], r["s"])
+        (vv, vi), (mv, mi), (sv, si) = _dict(venue), _dict(market), _dict(symbol)
+        combo = (vi.astype(np.int64) * len(mv) + mi) * len(sv) + si
+        lo, hi = (int(combo.min()), int(combo.max())) if len(combo) else (0, 0)
+        if lo == hi:
+            uniq, first, inv = np.array([lo]), np.array([0]), None
+        else:
+            uniq, first, inv = np.unique(combo, return_index=True, return_inverse=True)
+        codes = np.empty(len(uniq), dtype=np.int32)
+        for j in np.argsort(first, kind="stable").tolist():  # new instruments in order of first appearance
+            c = int(uniq[j])
+            k = (vv[c // (len(mv) * len(sv))], mv[(c // len(sv)) % len(mv)], sv[c % len(sv)])
             if self.want is not None and k not in self.want:
-                lookup[k] = -1
+                codes[j] = -1
                 continue
             if k not in self._inst_index:
                 self._inst_index[k] = len(self.instruments)
                 self.instruments.append(k)
-            lookup[k] = self._inst_index[k]
-        if len(lookup) == 1:
-            return np.full(len(venue), next(iter(lookup.values())), dtype=np.int32)
-        joined = pc.binary_join_element_wise(venue, market, symbol, "\x1f").to_pylist()
-        m = {"\x1f".join(k): v for k, v in lookup.items()}
-        return np.fromiter((m[x] for x in joined), dtype=np.int32, count=len(joined))
+            codes[j] = self._inst_index[k]
+        if inv is None:
+            return np.full(len(venue), codes[0], dtype=np.int32)
+        return codes[inv.reshape(-1)]
 
     def _convert(self, table: str, rb: pa.RecordBatch, file_rank: int, row0: int) -> EventBatch:
         n = rb.num_rows
         col = rb.column
         names = rb.schema.names
         g = lambda c: col(names.index(c))  # noqa: E731
-        ts = pc.cast(g("ts"), pa.int64()).to_numpy(zero_copy_only=False)
+        ts = _i64(g("ts"))
         inst = self._codes(g("venue"), g("market"), g("symbol"))
         seq = (np.int64(file_rank) << np.int64(40)) + row0 + np.arange(n, dtype=np.int64)
-        eid = g("event_id").to_numpy(zero_copy_only=False).astype(np.int64)
+        eid = np.asarray(g("event_id").to_numpy(zero_copy_only=False), dtype=np.int64)
         code = np.int8(TABLE_CODE[table])
         nanv = np.full(n, np.nan)
         zeros8 = np.zeros(n, dtype=np.int8)
@@ -177,7 +222,7 @@ class Stream:
             b = EventBatch(ts, np.full(n, code), seq, inst, np.sign(band).astype(np.int8), band,
                            _f64(g("notional")), _f64(g("depth")), zeros8, eid)
         elif table == "prices":
-            pt = np.array([PTYPES.get(x, 7) for x in pc.fill_null(g("price_type"), "other").to_pylist()], dtype=np.int8)
+            pt = _lut(g("price_type"), PTYPES, 7, np.int8)
             b = EventBatch(ts, np.full(n, code), seq, inst, zeros8, _f64(g("price")), nanv.copy(), nanv, pt, eid)
         elif table == "bars":
             b = self._bars(g, ts, inst, seq, eid, n, code)
@@ -187,9 +232,8 @@ class Stream:
         return b if keep.all() else b.take(np.nonzero(keep)[0])
 
     def _bars(self, g, ts, inst, seq, eid, n, code) -> EventBatch:
-        iv = np.array([_INTERVAL_US.get(x, 60_000_000) for x in pc.fill_null(g("interval"), "1m").to_pylist()],
-                      dtype=np.int64)
-        pt = np.array([PTYPES.get(x, 7) for x in pc.fill_null(g("price_type"), "trade").to_pylist()], dtype=np.int8)
+        iv = _lut(g("interval"), _INTERVAL_US, 60_000_000, np.int64)
+        pt = _lut(g("price_type"), PTYPES, 7, np.int8, null=PTYPES["trade"])
         o, h, lo, c = (_f64(g(x)) for x in ("open", "high", "low", "close"))
         qv = _f64(g("quote_volume"))
         vol = _f64(g("volume"))
@@ -210,13 +254,11 @@ class Stream:
     def _row_batches(self, table: str, path: Path) -> Iterator[pa.RecordBatch]:
         """Row groups of a file that overlap the window (by their ts statistics), filtered, one
         row group at a time: memory stays at one row group per open file."""
-        pf = pq.ParquetFile(str(path))
-        names = pf.schema_arrow.names
+        names = pq.read_schema(str(path)).names
         cols = [c for c in _COLS[table] if c in names]
+        pf = pq.ParquetFile(str(path), read_dictionary=[c for c in _DICT_COLS if c in cols])
         ts_idx = names.index("ts")
-        lo = pa.scalar(self.start_us, pa.timestamp("us", tz="UTC"))
-        hi = pa.scalar(self.end_us, pa.timestamp("us", tz="UTC"))
-        syms = pa.array(sorted({s for _, _, s in self.want})) if self.want is not None else None
+        syms = {s for _, _, s in self.want} if self.want is not None else None
         groups = []
         for rg in range(pf.num_row_groups):
             st = pf.metadata.row_group(rg).column(ts_idx).statistics
@@ -229,13 +271,15 @@ class Stream:
             groups.append(rg)
         if not groups:
             return
-        for rb in pf.iter_batches(batch_size=self.batch_rows, row_groups=groups, columns=cols):
-            ts = rb.column(cols.index("ts"))
-            mask = pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi))
+        # one core: the fold is one process per replay worker; decoding threads only add overhead
+        for rb in pf.iter_batches(batch_size=self.batch_rows, row_groups=groups, columns=cols, use_threads=False):
+            ts = _i64(rb.column(cols.index("ts")))
+            mask = (ts >= self.start_us) & (ts < self.end_us)  # null ts (NaT) are < start: dropped
             if syms is not None:
-                mask = pc.and_(mask, pc.is_in(rb.column(cols.index("symbol")), value_set=syms))
-            if not pc.all(mask).as_py():
-                rb = rb.filter(mask)
+                vals, idx = _dict(rb.column(cols.index("symbol")))
+                mask &= np.array([v in syms for v in vals], dtype=bool)[idx]
+            if not mask.all():
+                rb = rb.filter(pa.array(mask))
             yield rb
 
     def _file_iter(self, table: str, path: Path, rank: int) -> Iterator[tuple[EventBatch, int]]:
@@ -247,19 +291,31 @@ class Stream:
             self.rows_read += rb.num_rows
             b = self._convert(table, rb, rank, row0)
             row0 += rb.num_rows
-            raw_ts = pc.cast(rb.column(rb.schema.names.index("ts")), pa.int64()).to_numpy(zero_copy_only=False)
-            if len(raw_ts) > 1 and (np.diff(raw_ts) < 0).any():
+            raw_ts = _i64(rb.column(rb.schema.names.index("ts")))
+            if len(raw_ts) > 1 and (raw_ts[1:] < raw_ts[:-1]).any():
                 raise ValueError(f"{path}: rows are not sorted by ts; the lake writer sorts every file "
                                  f"(re-ingest this source)")
-            if len(b):
-                order = np.argsort(b.ts, kind="stable")
-                b = b.take(order)
+            if len(b) > 1 and (b.ts[1:] < b.ts[:-1]).any():  # only expanded bar ticks can be out of order
+                b = b.take(np.argsort(b.ts, kind="stable"))
             yield b, int(raw_ts[-1])
 
     # ---- the merge ---------------------------------------------------------------------------
     def __iter__(self) -> Iterator[EventBatch]:
+        """Merged batches in (ts, table priority, sequence) order."""
+        for parts in self.windows():
+            # Parts are in file-rank order, files are ranked by (table priority, path) and each
+            # part is sorted by (ts, seq): a stable sort on ts alone gives (ts, table, seq) order
+            # (one timsort over a few presorted runs instead of a three-key lexsort).
+            yield merge_parts([b for _, b in parts])
+
+    def windows(self) -> Iterator[list[tuple[int, EventBatch]]]:
+        """The merge without the merging: per time window [previous horizon, horizon), the rows of
+        each file in it as (file rank, part), each part sorted by (ts, seq), parts in rank order.
+        Consumers whose state is per instrument (the fold) merge only parts that share an
+        instrument; the windows are exactly the batches `__iter__` yields."""
         iters = [self._file_iter(t, p, r) for r, (t, p) in enumerate(self.files)]
-        bufs: list[EventBatch | None] = [None] * len(iters)
+        # per file: a list of batches, each sorted by (ts, seq), in order (no copy per pull)
+        bufs: list[list[EventBatch]] = [[] for _ in iters]
         safe: list[int] = [self.start_us] * len(iters)
         alive = [True] * len(iters)
 
@@ -270,33 +326,45 @@ class Stream:
                 alive[i] = False
                 safe[i] = 2**62
                 return
-            if bufs[i] is None or not len(bufs[i]):
-                bufs[i] = b
-            else:  # expanded bar ticks can reach past the next raw rows: keep the buffer sorted
-                cat = EventBatch.concat([bufs[i], b])
-                bufs[i] = cat.take(np.lexsort((cat.seq, cat.ts)))
+            if len(b):
+                q = bufs[i]
+                if q and q[-1].ts[-1] > b.ts[0]:
+                    # expanded bar ticks can reach past the next raw rows: keep the buffer sorted
+                    cat = EventBatch.concat(q + [b])
+                    q[:] = [cat.take(np.lexsort((cat.seq, cat.ts)))]
+                else:
+                    q.append(b)
             safe[i] = s
+
+        def cut(q: list[EventBatch], horizon: int) -> EventBatch | None:
+            out = []
+            while q:
+                b = q[0]
+                if b.ts[-1] < horizon:
+                    out.append(q.pop(0))
+                    continue
+                c = int(np.searchsorted(b.ts, horizon, side="left"))
+                if c:
+                    out.append(b.slice(0, c))
+                    q[0] = b.slice(c, len(b))
+                break
+            return None if not out else out[0] if len(out) == 1 else EventBatch.concat(out)
 
         for i in range(len(iters)):
             pull(i)
         while True:
             for i in range(len(iters)):  # a file whose buffer is empty must show its next rows first
-                while alive[i] and (bufs[i] is None or not len(bufs[i])):
+                while alive[i] and not bufs[i]:
                     pull(i)
             horizon = min(safe) if any(alive) else 2**62
             parts = []
-            for i, b in enumerate(bufs):
-                if b is None or not len(b):
-                    continue
-                cut = int(np.searchsorted(b.ts, horizon, side="left"))
-                if cut:
-                    parts.append(b.slice(0, cut))
-                    bufs[i] = b.slice(cut, len(b))
+            for i, q in enumerate(bufs):
+                b = cut(q, horizon)
+                if b is not None:
+                    parts.append((i, b))
             if parts:
-                out = EventBatch.concat(parts)
-                order = np.lexsort((out.seq, out.table, out.ts))
-                yield out.take(order)
-            if not any(alive) and all(b is None or not len(b) for b in bufs):
+                yield parts
+            if not any(alive) and not any(bufs):
                 return
             if not parts:
                 # nothing below the horizon yet: read more from the file holding it back

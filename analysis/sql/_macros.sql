@@ -16,15 +16,15 @@ CREATE MACRO _matches(lst, sym) AS
         [upper(sym), upper(replace(split_part(sym, ':', 1), '/', '')), _asset(sym)]);
 
 -- Trades bucketed by `step`: OHLCV, VWAP, taker buy/sell, liquidation-tagged volume.
--- Open/close are the first/last trade by (ts, numeric trade id, trade id, event id), so ties at one
+-- Open/close are the first/last trade by (ts, numeric trade id, event id), so ties at one
 -- microsecond resolve in the exchange's own sequence, deterministically.
 CREATE MACRO trade_bars(t0, t1, step) AS TABLE
 SELECT
     time_bucket(step, ts) AS ts, venue, market, symbol,
-    arg_min(price, (ts, TRY_CAST(trade_id AS BIGINT), trade_id, event_id)) AS open,
+    arg_min(price, (ts, TRY_CAST(trade_id AS BIGINT), event_id)) AS open,
     max(price) AS high,
     min(price) AS low,
-    arg_max(price, (ts, TRY_CAST(trade_id AS BIGINT), trade_id, event_id)) AS close,
+    arg_max(price, (ts, TRY_CAST(trade_id AS BIGINT), event_id)) AS close,
     sum(amount) AS volume,
     sum(quote_amount) AS quote_volume,
     sum(quote_amount) / nullif(sum(amount), 0) AS vwap,
@@ -82,19 +82,19 @@ WHERE CASE source_table WHEN 'trades' THEN 0 WHEN 'bars' THEN 1 ELSE 2 END = bes
 CREATE MACRO instrument_lows(t0, t1, ref) AS TABLE
 WITH tr AS (
     SELECT ts, venue, market, symbol, 'trade' AS price_type, price AS lo, price AS hi, price AS px_open,
-           price AS px_close, (TRY_CAST(trade_id AS BIGINT), trade_id, event_id) AS tie, 'trades' AS source_table
+           price AS px_close, (TRY_CAST(trade_id AS BIGINT), event_id) AS tie, 'trades' AS source_table
     FROM trades
     WHERE ts >= least(_lo(t0), coalesce(CAST(ref AS TIMESTAMPTZ), _lo(t0))) - INTERVAL 6 HOUR AND ts < _hi(t1)
 ), br AS (
     SELECT b.ts, b.venue, b.market, b.symbol, b.price_type, b.low AS lo, b.high AS hi, b.open AS px_open,
-           b.close AS px_close, (NULL::BIGINT, NULL::VARCHAR, b.event_id) AS tie, 'bars' AS source_table
+           b.close AS px_close, (NULL::BIGINT, b.event_id) AS tie, 'bars' AS source_table
     FROM (SELECT *, min(_interval_s("interval")) OVER (PARTITION BY venue, market, symbol, price_type) AS finest
           FROM bars
           WHERE ts >= least(_lo(t0), coalesce(CAST(ref AS TIMESTAMPTZ), _lo(t0))) - INTERVAL 6 HOUR AND ts < _hi(t1)) b
     WHERE _interval_s(b."interval") IS NOT DISTINCT FROM b.finest
 ), pr AS (
     SELECT ts, venue, market, symbol, price_type, price AS lo, price AS hi, price AS px_open, price AS px_close,
-           (NULL::BIGINT, NULL::VARCHAR, event_id) AS tie, 'prices' AS source_table
+           (NULL::BIGINT, event_id) AS tie, 'prices' AS source_table
     FROM prices
     WHERE ts >= least(_lo(t0), coalesce(CAST(ref AS TIMESTAMPTZ), _lo(t0))) - INTERVAL 6 HOUR AND ts < _hi(t1)
 ), u AS (

@@ -6,7 +6,7 @@
 -- param: market text null only this market (spot, perp, future, ...)
 -- param: symbol text null only this unified symbol (BTC/USDT, ATOM/USD:ATOM, ...)
 --
--- Bars start at the bucket's start (ts). open/close are the first/last trade by (ts, trade id), so
+-- Bars start at the bucket's start (ts). open/close are the first/last trade by (ts, numeric trade id, event id), so
 -- equal timestamps resolve in the exchange's sequence. Volumes are in the base asset; *_quote in the
 -- quote asset (USD notional for inverse contracts). vwap = quote_volume / volume.
 -- liquidation_quote counts only trades the source tags as liquidations (liq_tagged_trades = how many

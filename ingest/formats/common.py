@@ -86,6 +86,28 @@ def read_bytes(path: Path) -> bytes:
         raise FormatError(path, f"cannot decompress (truncated or corrupt?): {e}") from None
 
 
+def head_bytes(path: Path, nbytes: int = 1 << 16) -> bytes:
+    """The first decompressed bytes (header and a few lines) without reading the whole file."""
+    name = path.name.lower()
+    try:
+        if name.endswith(".gz"):
+            with gzip.open(path, "rb") as fh:
+                return fh.read(nbytes)
+        if name.endswith(".zip"):
+            with zipfile.ZipFile(path) as zf:
+                members = [m for m in zf.namelist() if not m.endswith("/")]
+                if len(members) != 1:
+                    raise FormatError(path, f"expected one CSV inside the zip, found {len(members)}")
+                with zf.open(members[0]) as fh:
+                    return fh.read(nbytes)
+        with open(path, "rb") as fh:
+            return fh.read(nbytes)
+    except FormatError:
+        raise
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise FormatError(path, f"cannot decompress (truncated or corrupt?): {e}") from None
+
+
 def _ragged_line(data: bytes, width: int, header: bool) -> int | None:
     for i, line in enumerate(io.BytesIO(data), start=1):
         if line.strip() and line.count(b",") + 1 > width:
@@ -93,17 +115,18 @@ def _ragged_line(data: bytes, width: int, header: bool) -> int | None:
     return None
 
 
-def read_csv_strings(path: Path, data: bytes, names: list[str], *, header: bool) -> pl.DataFrame:
+def read_csv_strings(path: Path, data: bytes | None, names: list[str], *, header: bool) -> pl.DataFrame:
     """Every cell as text (so nothing is lost before validation), with `_row` = 1-based file line.
 
     With `header` the first line is skipped (the caller has checked it); `names` are the columns.
     Missing trailing cells read as null (and are quarantined later); extra cells are an error.
+    `data=None` lets Polars read (and un-gzip) the file itself, which is faster than Python.
     """
-    if not data.strip():
+    if data is not None and not data.strip():
         return pl.DataFrame(schema={"_row": pl.Int64, **{n: pl.String for n in names}})
     try:
         df = pl.read_csv(
-            data,
+            data if data is not None else path,
             has_header=False,
             skip_rows=1 if header else 0,
             new_columns=names,
@@ -113,8 +136,10 @@ def read_csv_strings(path: Path, data: bytes, names: list[str], *, header: bool)
         )
     except pl.exceptions.NoDataError:
         return pl.DataFrame(schema={"_row": pl.Int64, **{n: pl.String for n in names}})
+    except OSError as e:
+        raise FormatError(path, f"cannot decompress (truncated or corrupt?): {e}") from None
     except pl.exceptions.ComputeError as e:
-        line = _ragged_line(data, len(names), header)
+        line = _ragged_line(data if data is not None else read_bytes(path), len(names), header)
         raise FormatError(path, f"a line has more than the {len(names)} columns expected ({str(e).splitlines()[0]})", line) from None
     return df.with_row_index("_row", offset=2 if header else 1).with_columns(pl.col("_row").cast(pl.Int64))
 
@@ -181,15 +206,28 @@ def rejections(df: pl.DataFrame, cond: pl.Expr, reason: pl.Expr | str) -> pl.Dat
 
 
 def num(col: str) -> pl.Expr:
-    """Text -> float; unreadable text becomes null (quarantined by validation as non-numeric)."""
-    return pl.col(col).str.strip_chars().cast(pl.Float64, strict=False)
+    """Text -> float; unreadable text (padding included) becomes null, quarantined as non-numeric."""
+    return pl.col(col).cast(pl.Float64, strict=False)
 
 
 def integer(col: str) -> pl.Expr:
-    return pl.col(col).str.strip_chars().cast(pl.Int64, strict=False)
+    return pl.col(col).cast(pl.Int64, strict=False)
+
+
+def unit_counts(lf: pl.LazyFrame | pl.DataFrame, col: str) -> tuple[str | None, dict[str, int]]:
+    """Like `decide_unit`, for an integer column of a frame, in one pass."""
+    u = unit_expr(col)
+    names = [n for n, _, _ in _UNIT_BOUNDS]
+    row = lf.lazy().select(
+        *[(u == n).sum().alias(n) for n in names],
+        (u.is_null() & pl.col(col).is_not_null()).sum().alias("none"),
+    ).collect().row(0, named=True)
+    evidence = {k: int(v) for k, v in row.items() if v}
+    ranked = sorted((v, k) for k, v in evidence.items() if k != "none")
+    return (ranked[-1][1] if ranked else None), evidence
 
 
 def boolean(col: str) -> pl.Expr:
     """`true/false/True/False/1/0` -> bool; anything else null."""
-    s = pl.col(col).str.strip_chars().str.to_lowercase()
-    return pl.when(s.is_in(["true", "1"])).then(True).when(s.is_in(["false", "0"])).then(False).otherwise(None)
+    m = {"true": True, "True": True, "TRUE": True, "1": True, "false": False, "False": False, "FALSE": False, "0": False}
+    return pl.col(col).replace_strict(m, default=None, return_dtype=pl.Boolean)

@@ -128,8 +128,8 @@ _ID = [
 
 
 def _side(col: str) -> pl.Expr:
-    s = pl.col(col).str.strip_chars().str.to_lowercase()
-    return pl.when(s.is_in(["unknown", ""]) | s.is_null()).then(None).otherwise(s)
+    """Taker side; `unknown` is null, anything else unexpected is kept so validation names it."""
+    return pl.col(col).replace_strict({"buy": "buy", "sell": "sell", "unknown": None, "": None}, default=pl.col(col))
 
 
 def _trades(df: pl.DataFrame, liquidations: bool) -> dict[str, pl.DataFrame]:
@@ -154,7 +154,7 @@ def _deltas(df: pl.DataFrame) -> dict[str, pl.DataFrame]:
     price, amount = c.num("price"), c.num("amount")
     out = df.select(
         "_row", *_ID, pl.col("_local").alias("local_ts"), c.boolean("is_snapshot").alias("is_snapshot"),
-        pl.col("side").str.strip_chars().str.to_lowercase().alias("side"), price.alias("price"),
+        pl.col("side").alias("side"), price.alias("price"),
         pl.when(amount == 0).then(0.0).otherwise(base_amount(amount, price)).alias("amount"),
     )
     return {"book_deltas": out}
@@ -198,7 +198,7 @@ def _ticker(df: pl.DataFrame) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
 
 
 def parse(path: Path, options: Options) -> Parsed:
-    data = c.read_bytes(path)
+    data = c.head_bytes(path)
     m = _NAME.match(path.name)
     day = c.file_day(path)
     decisions: dict = {"header": True}
@@ -213,7 +213,7 @@ def parse(path: Path, options: Options) -> Parsed:
         raise FormatError(
             path, f"header does not match Tardis {dtype}: got {','.join(header)[:120]!r}, expected {','.join(expected)[:120]!r}", 1
         )
-    df = c.read_csv_strings(path, data, expected, header=True)
+    df = c.read_csv_strings(path, None if path.name.lower().endswith((".gz", ".csv")) else c.read_bytes(path), expected, header=True)
     decisions.update(data_type=dtype)
     if m:
         decisions["exchange_in_name"] = m.group("exchange")
@@ -224,14 +224,16 @@ def parse(path: Path, options: Options) -> Parsed:
     if sizes:
         decisions["contract_size"] = sizes
         decisions["amount"] = "contracts converted to base: contracts × size / price (quote-sized) or × size (base-sized)"
-    ts_int = df.select(c.integer("timestamp")).to_series()
-    unit, evidence = c.decide_unit(ts_int)
+    if ins.height == 1:  # the usual one-instrument file: constants instead of a join
+        lits = [pl.lit(v, dtype=ins.schema[k]).alias(k) for k, v in ins.row(0, named=True).items() if k.startswith("_")]
+        lf = df.lazy().with_columns(*lits)
+    else:
+        lf = df.lazy().join(ins.lazy(), on=["exchange", "symbol"], how="left", maintain_order="left")
+    work = lf.with_columns(c.integer("timestamp").alias("_ts_i"), c.integer("local_timestamp").alias("_local_i")).collect()
+    unit, evidence = c.unit_counts(work, "_ts_i")
     decisions.update(ts_unit=unit, ts_unit_rows=evidence)
     if unit not in (None, "us"):
         raise FormatError(path, f"timestamps are in {c.UNIT_NAMES[unit]} by magnitude ({evidence}); Tardis files are in µs")
-    work = df.join(ins, on=["exchange", "symbol"], how="left", maintain_order="left").with_columns(
-        c.integer("timestamp").alias("_ts_i"), c.integer("local_timestamp").alias("_local_i")
-    )
     work = work.with_columns(c.to_utc_us("_ts_i", unit).alias("_ts"), c.to_utc_us("_local_i", unit).alias("_local"))
     rejected = [
         c.rejections(work, pl.col("exchange").is_null(), "missing exchange"),

@@ -194,6 +194,21 @@ class Books:
         prices = self.pgrid[self.rows, cols]
         self.grid[self.rows, cols] = self.grid[self.rows, cols] * keep + add * profile[None, :] / prices
 
+    def top_up(self, anchor_x: np.ndarray, disc: np.ndarray, target: np.ndarray, rate: float) -> None:
+        """Value traders' resting ladders: bids at anchor·(1 − d) and asks at anchor·(1 + d) for
+        each discount d in `disc`, topped up a fraction `rate` of the way to `target` (quote per
+        level, per book) each step. Levels on the wrong side of the mid are left alone."""
+        n = self.n
+        c = self.bin_of(self.x)
+        for sign, rows in ((-1, np.arange(n)), (1, np.arange(n, 2 * n))):
+            lx = anchor_x[:, None] + np.log1p(sign * disc)[None, :]
+            cols = self.bin_of(lx.ravel()).reshape(n, -1)
+            ok = (cols < c[:, None]) if sign < 0 else (cols > c[:, None])
+            r = rows[:, None]
+            have = self.grid[r, cols]
+            want = target[:, None] / self.pgrid[r, cols]
+            self.grid[r, cols] = np.where(ok & (have < want), have + rate * (want - have), have)
+
     def add_resting(self, i: int, side: str, price: float, quote: float) -> None:
         r = i if side == "bid" else i + self.n
         col = int(self.bin_of(np.array([np.log(price / self.p0[i])]))[0])

@@ -129,6 +129,7 @@ class Market:
         self.k_down = 1 - np.exp(-dt / float(r["tau_down_s"]))
         self.k_up = 1 - np.exp(-dt / float(r["tau_up_s"]))
         self.vol = np.zeros(n)
+        self.eff_depth = self.d1.copy()
         self.f_bid = np.ones(n)
         self.f_ask = np.ones(n)
         self.leader = sc.index(r["leader"])
@@ -146,10 +147,16 @@ class Market:
         self.mms = self._build_mms()
         self.pending: list[tuple[int, float, str, str]] = []  # perp forced orders for next step
         self.arbs = self._build_arbs()
+        deg = np.bincount(self.arbs["a"], minlength=n) + np.bincount(self.arbs["b"][self.arbs["b"] >= 0], minlength=n)
+        self.arb_links = np.maximum(deg[self.arbs["a"]], np.where(self.arbs["b"] >= 0, deg[np.maximum(self.arbs["b"], 0)], 1))
         v = sc.section("value")
         self.val_thr = _arr(sc, "value_thr_pct") / 100
         self.val_width = _arr(sc, "value_width_pct") / 100
         self.val_cap = _arr(sc, "value_cap") * self.d1 * dt
+        self.lad_disc = np.asarray(v["ladder_pct"], dtype=float) / 100
+        self.lad_target = _arr(sc, "ladder_depth") * self.d1 / len(self.lad_disc)
+        self.lad_rate = 1 - np.exp(-dt / float(v["ladder_refill_s"]))
+        self.lad_scale = _arr(sc, "ladder_stretch")  # >1 puts a book's ladder further from the anchor
         self.anchor_a = 1 - 0.5 ** (dt / float(v["anchor_half_life_s"]))
         self.assets = sorted({i.asset for i in ins})
         self.asset_of = np.array([self.assets.index(i.asset) for i in ins])
@@ -188,6 +195,7 @@ class Market:
                 float(c["size"]) * inst.depth, c["leverage"], float(c["rep_notional"]), chunks, rng))
         self.coll_share = {k: float(v) for k, v in sc.raw.get("perp_collateral", {}).get("assets", {}).items()}
         self.coll_frac = float(sc.raw.get("perp_collateral", {}).get("fraction", 0.0))
+        self.coll_delay = int(float(sc.raw.get("perp_collateral", {}).get("delay_s", 0.0)) / float(sc.section("model").get("dt_s", 1.0)))
 
     def _build_mms(self) -> list[MMAccount]:
         out = []
@@ -267,9 +275,9 @@ class Market:
             for f, tgt in ((self.f_bid, tb), (self.f_ask, ta)):
                 f += (tgt - f) * np.where(tgt < f, self.k_down, self.k_up)
             of = float(r["organic_floor"])
-            # depth per unit log price a taker meets now (for agents that size to close a gap)
-            eff = self.d1 * 100 * (self.mm_share * np.minimum(self.f_bid, self.f_ask)
-                                   + (1 - self.mm_share) * np.maximum(np.minimum(self.f_bid, self.f_ask), of))
+            # depth per unit log price a taker meets now (last observed book, thinner side), for
+            # agents that size their orders to close a gap without overshooting it
+            eff = self.eff_depth * 100
             mm_alive = np.where(self.is_bspot, mm_share_alive, 1.0)
             mm_bid = self.d1 * self.mm_share * self.f_bid * mm_alive
             mm_ask = self.d1 * self.mm_share * self.f_ask * mm_alive
@@ -283,7 +291,7 @@ class Market:
             forced = np.zeros(n)
             for (i, qty, acct, kind) in self.pending:
                 forced[i] += qty * mid[i]
-            eng_base = self.engine.take(mid)
+            eng_base = self.engine.take(mid, t)
             forced += eng_base * mid
             sells += forced
             # arbitrage between venues (those who rebalance by withdrawals stop when their budget is gone)
@@ -295,7 +303,7 @@ class Market:
             # close at most half the gap per step given both books' current depth (no overshoot)
             ea = eff[arb["a"]]
             eb = np.where(has_b, eff[b_idx], self.pool_depth * 100)
-            closing = 0.5 / (1 / ea + 1 / eb)
+            closing = 0.3 / (1 / ea + 1 / eb) / self.arb_links  # links sharing a book share the gap
             size = np.minimum(arb["cap"], np.minimum(arb["k"], closing) * np.maximum(np.abs(gap) - arb["thr"], 0.0))
             if halted:
                 lim = arb["halts"]
@@ -319,8 +327,9 @@ class Market:
                     fair = self.anchor[self.assets.index(under)] + np.log(rate)
                 anchor[self.asset_of == k] = fair
             gapv = anchor - logmid - self.val_thr
-            buys += np.minimum(self.val_cap * np.clip(gapv / self.val_width, 0.0, 1.0),
-                               0.5 * eff * np.maximum(gapv, 0.0))
+            # a few buy at market below the anchor (never more than closes half the gap) ...
+            buys += np.minimum(self.val_cap * np.clip(gapv / self.val_width, 0.0, 1.0), 0.5 * eff * np.maximum(gapv, 0.0))
+            self._anchor_now = anchor
             net = buys - sells
             # 3. the sweep --------------------------------------------------------------------
             res = books.sweep(net, mm_bid, mm_ask, self.mm_profile, self.hs)
@@ -341,12 +350,20 @@ class Market:
                         b = mm.account.balances
                         b[a] = b.get(a, 0.0) + w * res.mm_base[i]
                         b["USDT"] = b.get("USDT", 0.0) - w * res.mm_quote[i]
-            # 4. organic limit orders ---------------------------------------------------------
+            # 4. limit orders: value traders' ladders around the anchor, organic flow near the mid
+            for st in np.unique(self.lad_scale):
+                rows = self.lad_scale == st
+                if rows.all():
+                    books.top_up(self._anchor_now - np.log(self.p0), self.lad_disc * st, self.lad_target, self.lad_rate)
+                else:
+                    x_anchor = np.where(rows, self._anchor_now - np.log(self.p0), -50.0)
+                    books.top_up(x_anchor, self.lad_disc * st, np.where(rows, self.lad_target, 0.0), self.lad_rate)
             # other traders' limit orders are pulled less than MM quotes
             books.replenish(self.add0 * np.maximum(self.f_bid, of), self.add0 * np.maximum(self.f_ask, of),
                             self.org_profile, self.cancel)
             if t % rec.snap_every == 0:
                 (db, lb), (da, la) = books.observe(BAND_PCTS, SNAP_LEVELS, mm_bid, mm_ask, self.mm_profile, self.hs)
+                self.eff_depth = np.maximum(np.minimum(db[:, 0], da[:, 0]), 1e-6 * self.d1)
                 rec.depth_bid[snap], rec.depth_ask[snap] = db, da
                 rec.snap_bid_px[snap], rec.snap_bid_amt[snap] = lb
                 rec.snap_ask_px[snap], rec.snap_ask_amt[snap] = la
@@ -371,7 +388,7 @@ class Market:
                         coll = self.coll_frac * float(c.margin[s].sum())
                         for asset, share in self.coll_share.items():
                             j = self.sc.find("binance", "spot", asset)
-                            self.engine.add(j, coll * share / mid[j])
+                            self.engine.add(j, coll * share / mid[j], t + self.coll_delay)
                 else:  # spot collateral: the engine sells it; Binance publishes no such stream
                     self.engine.add(c.exec_inst, float(c.qty[s].sum()))
                     rec.engine_events.append((t, c.name, s.stop - s.start, float(c.notional[s].sum())))

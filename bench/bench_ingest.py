@@ -1,0 +1,216 @@
+"""Ingest speed and memory, measured against a bare Polars read+write of the same file in the same run.
+
+1. The largest real Tardis file: `crashlab` ingest (detect, parse, validate, event ids, lake write)
+   vs `pl.read_csv(f).write_parquet(...)`, alternating, best of N. Target: ingest ≤ 1.5 × bare.
+   A per-stage breakdown (parse / validate / write) shows where the time goes.
+2. A synthetic Tardis trades file of `--rows` rows (default 30 M) written as .csv.gz: ingest wall
+   time and peak RSS of the ingesting process (target < 4 GB). The child is watched and killed
+   above `--limit-gb` so a shared machine is never pushed into swap or the OOM killer.
+
+Run:  .venv/bin/python bench/bench_ingest.py [--rows 30000000] [--repeat 3] [--limit-gb 10]
+Appends a Markdown section to bench/RESULTS_ingest.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from crashlab.ingest.formats import tardis
+from crashlab.ingest.formats.base import Options
+from crashlab.ingest.lake import Lake
+from crashlab.ingest.paths import SHARED_REAL
+from crashlab.ingest.pipeline import ingest_file, ingest_parsed, sha256_file
+from crashlab.ingest.validate import validate
+
+HERE = Path(__file__).resolve().parent
+US = 1_760_054_400_000_000
+
+
+def machine() -> str:
+    mem = next((l.split()[1] for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")), "0")
+    load = os.getloadavg()
+    return (
+        f"{platform.processor() or platform.machine()}, nproc={os.cpu_count()}, RAM={int(mem) / 2**20:.1f} GiB, "
+        f"load avg at start {load[0]:.2f}, Python {platform.python_version()}, polars {pl.__version__}"
+    )
+
+
+def bare(path: Path, out: Path) -> float:
+    t = time.perf_counter()
+    pl.read_csv(path).write_parquet(out / "bare.parquet")
+    return time.perf_counter() - t
+
+
+def ours(path: Path, out: Path) -> float:
+    lake = out / "lake"
+    shutil.rmtree(lake, ignore_errors=True)
+    t = time.perf_counter()
+    rep = ingest_file(str(lake), str(path), Options())
+    dt = time.perf_counter() - t
+    assert rep.status == "written", rep.message
+    return dt
+
+
+def stages(path: Path, out: Path) -> dict[str, float]:
+    lake = Lake.open(out / "lake_stages")
+    shutil.rmtree(lake.root, ignore_errors=True)
+    t0 = time.perf_counter()
+    sha = sha256_file(path)
+    t1 = time.perf_counter()
+    parsed = tardis.parse(path, Options())
+    t2 = time.perf_counter()
+    validate(parsed)
+    t3 = time.perf_counter()
+    ingest_parsed(lake, parsed, path=str(path), sha256=sha, source="tardis")  # validates again, then writes
+    t4 = time.perf_counter()
+    return {"sha256": t1 - t0, "parse (importer)": t2 - t1, "validate+event ids": t3 - t2,
+            "write (validate again + lake write)": t4 - t3}
+
+
+def real_file(repeat: int) -> list[str]:
+    files = sorted((SHARED_REAL / "tardis").rglob("*.csv.gz"), key=lambda p: p.stat().st_size)
+    if not files:
+        return [f"(skipped: no Tardis files under {SHARED_REAL})"]
+    big = files[-1]
+    rows = sum(1 for _ in gzip.open(big)) - 1
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        bare(big, out), ours(big, out)  # warm-up: imports, page cache
+        b, o = [], []
+        for _ in range(repeat):
+            b.append(bare(big, out))
+            o.append(ours(big, out))
+        st = stages(big, out)
+    ratio = min(o) / min(b)
+    lines = [
+        f"Largest real Tardis file: `{big.name}` ({big.stat().st_size / 1e6:.1f} MB gz, {rows:,} rows)",
+        "",
+        "| run | best s | median s |",
+        "|---|---|---|",
+        f"| bare `pl.read_csv(f).write_parquet(...)` | {min(b):.3f} | {statistics.median(b):.3f} |",
+        f"| `crashlab` ingest (one file, one process) | {min(o):.3f} | {statistics.median(o):.3f} |",
+        f"| ratio (best/best) | {ratio:.2f}× | target ≤ 1.5× {'met' if ratio <= 1.5 else 'NOT met'} |",
+        "",
+        "Stage breakdown (one run): " + ", ".join(f"{k} {v:.3f} s" for k, v in st.items()),
+    ]
+    return lines
+
+
+def make_synthetic(path: Path, rows: int, chunk: int = 2_000_000) -> None:
+    """A Tardis trades file (binance-futures BTCUSDT), deterministic, written chunk by chunk."""
+    rng = np.random.default_rng(7)
+    with gzip.open(path, "wb", compresslevel=1) as fh:
+        fh.write(b"exchange,symbol,timestamp,local_timestamp,id,side,price,amount\n")
+        for start in range(0, rows, chunk):
+            n = min(chunk, rows - start)
+            ts = US + (np.arange(start, start + n, dtype=np.int64) * 86_400_000_000) // rows
+            df = pl.DataFrame({
+                "exchange": "binance-futures", "symbol": "BTCUSDT", "timestamp": ts,
+                "local_timestamp": ts + rng.integers(1_000, 50_000, n), "id": np.arange(start, start + n) + 6_000_000_000,
+                "side": np.where(rng.random(n) < 0.5, "buy", "sell"),
+                "price": np.round(110_000 + np.cumsum(rng.normal(0, 2, n)), 1),
+                "amount": np.round(rng.exponential(0.05, n) + 0.001, 3),
+            })
+            fh.write(df.write_csv(include_header=False).encode())
+
+
+_CHILD = """
+import sys, time
+from crashlab.ingest.pipeline import ingest_file
+from crashlab.ingest.formats.base import Options
+t = time.perf_counter()
+r = ingest_file(sys.argv[1], sys.argv[2], Options())
+print(f"{time.perf_counter() - t:.3f} {r.status} {r.rows_written} {r.rows_quarantined} {r.message[:200]!r}")
+"""
+
+
+def _rss(pid: int) -> int:
+    """RSS of a process and its children, in bytes."""
+    total = 0
+    for p in [pid, *_children(pid)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    return [int(k) for k in kids]
+
+
+def synthetic(rows: int, limit_gb: float) -> list[str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        f = Path(tmp) / "binance-futures_trades_2025-10-10_BTCUSDT.csv.gz"
+        t = time.perf_counter()
+        make_synthetic(f, rows)
+        gen = time.perf_counter() - t
+        t = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(Path(tmp) / "lake"), str(f)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        peak, killed = 0, False
+        while proc.poll() is None:
+            peak = max(peak, _rss(proc.pid))
+            if peak > limit_gb * 2**30:
+                proc.kill()
+                killed = True
+                break
+            time.sleep(0.1)
+        out, err = proc.communicate()
+        wall = time.perf_counter() - t
+        size = f.stat().st_size
+    head = f"Synthetic Tardis trades: {rows:,} rows, {size / 1e9:.2f} GB gz (generated in {gen:.0f} s)"
+    if killed:
+        return [head, "", f"ingest KILLED by the watchdog at {peak / 2**30:.1f} GiB RSS after {wall:.0f} s "
+                f"(limit {limit_gb} GiB; target < 4 GB NOT met)"]
+    if proc.returncode != 0:
+        return [head, "", f"ingest failed (exit {proc.returncode}) after {wall:.0f} s, peak RSS {peak / 2**30:.2f} GiB: "
+                f"{err.strip().splitlines()[-1] if err.strip() else ''}"]
+    secs, status, written, quarantined, _ = out.split(" ", 4)
+    ok = peak < 4 * 2**30
+    return [head, "", "| metric | value |", "|---|---|",
+            f"| ingest wall time (in child) | {float(secs):.1f} s ({rows / float(secs) / 1e6:.2f} M rows/s) |",
+            f"| status / rows written / quarantined | {status} / {int(written):,} / {int(quarantined):,} |",
+            f"| peak RSS of the ingesting process | {peak / 2**30:.2f} GiB (target < 4 GB {'met' if ok else 'NOT met'}) |"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=30_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--limit-gb", type=float, default=10.0)
+    ap.add_argument("--skip-synthetic", action="store_true")
+    args = ap.parse_args()
+    lines = [f"## Ingest benchmark ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)", "", f"Machine: {machine()}", ""]
+    lines += real_file(args.repeat)
+    if not args.skip_synthetic:
+        lines += [""] + synthetic(args.rows, args.limit_gb)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    with open(HERE / "RESULTS_ingest.md", "a") as fh:
+        fh.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

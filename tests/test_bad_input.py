@@ -1,0 +1,165 @@
+"""Damaged and hostile input: a clear error naming the file (nothing written), or quarantined rows."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import polars as pl
+
+from crashlab.ingest.formats.base import Options
+from crashlab.ingest.lake import Lake
+from crashlab.ingest.pipeline import ingest_paths
+
+from test_importers import MS, US, write_gz, write_zip
+
+HEADER = "exchange,symbol,timestamp,local_timestamp,id,side,price,amount\n"
+
+
+def _trades(n: int = 50, start: int = 0) -> str:
+    return "".join(f"coinbase,BTC-USD,{US + i * 1000},{US + i * 1000 + 7},{i},buy,{120000 + i}.5,0.01\n" for i in range(start, start + n))
+
+
+def _ingest(tmp_path: Path, *files: Path, options: Options | None = None):
+    lake = Lake.open(tmp_path / "lake")
+    return lake, ingest_paths(list(files), lake, options or Options())
+
+
+def _nothing_written(lake: Lake) -> bool:
+    return not lake.manifest_dir.exists() or not list(lake.manifest_dir.glob("*.parquet"))
+
+
+def test_truncated_gzip(tmp_path):
+    f = tmp_path / "coinbase_trades_2025-10-10_BTC-USD.csv.gz"
+    full = gzip.compress((HEADER + _trades(5000)).encode())
+    f.write_bytes(full[: len(full) // 2])
+    lake, (rep,) = _ingest(tmp_path, f)
+    assert rep.status == "error"
+    assert str(f) in rep.message and "truncated" in rep.message
+    assert _nothing_written(lake) and lake.files("trades") == []
+
+
+def test_truncated_zip_and_bad_checksum(tmp_path):
+    text = "".join(f"{i},100.5,0.1,{i},{i},{US + i},True,True\n" for i in range(2000))
+    z = write_zip(tmp_path / "a" / "spot" / "BTCUSDT-aggTrades-2025-10-10.zip", text)
+    z.write_bytes(z.read_bytes()[:-100])
+    bad_sum = write_zip(tmp_path / "b" / "spot" / "BTCUSDT-aggTrades-2025-10-10.zip", text, checksum="0" * 64)
+    lake, reps = _ingest(tmp_path, z, bad_sum)
+    assert [r.status for r in reps] == ["error", "error"]
+    assert str(z) in reps[0].message and "truncated or corrupt" in reps[0].message
+    assert str(bad_sum) in reps[1].message and "CHECKSUM" in reps[1].message
+    assert _nothing_written(lake)
+
+
+def test_wrong_header(tmp_path):
+    f = write_gz(tmp_path / "coinbase_trades_2025-10-10_BTC-USD.csv.gz", HEADER.replace("price,amount", "amount,price") + _trades(3))
+    lake, (rep,) = _ingest(tmp_path, f)
+    assert rep.status == "error" and "line 1" in rep.message and "header does not match" in rep.message
+    k = write_zip(tmp_path / "um" / "BTCUSDT-aggTrades-2025-10-10.zip", "a,b,c,d,e,f,g\n" f"1,100,1,1,1,{MS},true\n")
+    lake2 = Lake.open(tmp_path / "lake2")
+    (rep2,) = ingest_paths([k], lake2, Options())
+    assert rep2.status == "error" and "header" in rep2.message and "line 1" in rep2.message
+
+
+def test_extra_columns_name_the_line(tmp_path):
+    f = write_gz(tmp_path / "coinbase_trades_2025-10-10_BTC-USD.csv.gz", HEADER + _trades(3) + "coinbase,BTC-USD,1,2,3,buy,1,1,EXTRA\n")
+    _, (rep,) = _ingest(tmp_path, f)
+    assert rep.status == "error" and "line 5" in rep.message
+
+
+def test_ms_rows_in_a_us_file_are_quarantined(tmp_path):
+    rows = _trades(10) + f"coinbase,BTC-USD,{MS + 500},{US + 600},99,sell,120000,0.02\n"
+    f = write_gz(tmp_path / "coinbase_trades_2025-10-10_BTC-USD.csv.gz", HEADER + rows)
+    lake, (rep,) = _ingest(tmp_path, f)
+    assert (rep.status, rep.rows_read, rep.rows_written, rep.rows_quarantined) == ("written", 11, 10, 1)
+    q = lake.quarantine().row(0, named=True)
+    assert q["line"] == 12 and q["reason"] == "timestamp in ms, file is µs" and q["raw"].startswith("coinbase,BTC-USD,")
+
+
+def test_whole_file_in_the_wrong_unit_is_refused(tmp_path):
+    spot_ms = write_zip(tmp_path / "spot" / "BTCUSDT-aggTrades-2025-10-10.zip", f"1,100,1,1,1,{MS},True,True\n")
+    um_us = write_zip(
+        tmp_path / "um" / "BTCUSDT-aggTrades-2025-10-10.zip",
+        "agg_trade_id,price,quantity,first_trade_id,last_trade_id,transact_time,is_buyer_maker\n" f"1,100,1,1,1,{US},true\n",
+    )
+    tardis_ms = write_gz(tmp_path / "coinbase_trades_2025-10-10_BTC-USD.csv.gz", HEADER + f"coinbase,BTC-USD,{MS},{MS},1,buy,1,1\n")
+    lake, reps = _ingest(tmp_path, spot_ms, um_us, tardis_ms)
+    assert [r.status for r in reps] == ["error"] * 3
+    assert "in ms" in reps[0].message and "in µs" in reps[0].message
+    assert "in µs" in reps[1].message and "um files" in reps[1].message
+    assert "Tardis files are in µs" in reps[2].message
+    assert _nothing_written(lake)
+
+
+def test_nan_and_bad_numbers_are_quarantined_with_the_line(tmp_path):
+    rows = _trades(3) + (
+        f"coinbase,BTC-USD,{US + 9000},{US + 9001},100,buy,NaN,0.01\n"
+        f"coinbase,BTC-USD,{US + 9000},{US + 9001},101,buy,12x,0.01\n"
+        f"coinbase,BTC-USD,{US + 9000},{US + 9001},102,buy,-5,0.01\n"
+        f"coinbase,BTC-USD,{US + 9000},{US + 9001},103,sideways,5,0.01\n"
+        f"coinbase,BTC-USD,{US + 86400 * 10**6 * 3},{US + 9001},104,buy,5,0.01\n"
+    )
+    f = write_gz(tmp_path / "coinbase_trades_2025-10-10_BTC-USD.csv.gz", HEADER + rows)
+    lake, (rep,) = _ingest(tmp_path, f)
+    assert (rep.rows_read, rep.rows_written, rep.rows_quarantined) == (8, 3, 5)
+    q = lake.quarantine().sort("line")
+    assert q["line"].to_list() == [5, 6, 7, 8, 9]
+    assert q["reason"].to_list() == [
+        "price is NaN or infinite", "missing or non-numeric price", "non-positive price", "unknown side",
+        "timestamp outside the file's day",
+    ]
+    assert q["raw"][1] == f"coinbase,BTC-USD,{US + 9000},{US + 9001},101,buy,12x,0.01"
+
+
+def test_duplicated_rows(tmp_path):
+    body = _trades(5)
+    f = write_gz(tmp_path / "coinbase_trades_2025-10-10_BTC-USD.csv.gz", HEADER + body + body.splitlines(True)[2])
+    lake, (rep,) = _ingest(tmp_path, f)
+    assert (rep.rows_read, rep.rows_written, rep.rows_quarantined) == (6, 5, 1)
+    q = lake.quarantine().row(0, named=True)
+    assert q["line"] == 7 and q["reason"] == "duplicate event_id (same row as line 4)"
+
+
+def test_symbol_with_dot_dot_stays_inside_the_lake(tmp_path):
+    rows = _trades(2) + f"coinbase,../x,{US + 5},{US + 6},77,buy,1,1\n" + f"coinbase,../../etc/x,{US + 5},{US + 6},78,buy,1,1\n"
+    f = write_gz(tmp_path / "in" / "coinbase_trades_2025-10-10_..-x.csv.gz", HEADER + rows)
+    lake, (rep,) = _ingest(tmp_path, f)
+    assert (rep.status, rep.rows_written, rep.rows_quarantined) == ("written", 2, 2)
+    assert set(lake.quarantine()["reason"].str.slice(0, 21).to_list()) == {"symbol not understood"}
+    root = (tmp_path / "lake").resolve()
+    outside = [p for p in tmp_path.rglob("*") if p.is_file() and root not in p.resolve().parents and "in" not in p.parts]
+    assert outside == []
+    assert not any(p.name == "x" for p in tmp_path.rglob("*"))
+    assert {p.parent.parent.name for p in lake.files("trades")} == {"coinbase"}
+
+
+def test_empty_files(tmp_path):
+    empty_gz = tmp_path / "coinbase_trades_2025-10-10_BTC-USD.csv.gz"
+    empty_gz.write_bytes(gzip.compress(b""))
+    header_only = write_zip(tmp_path / "um" / "BTCUSDT-aggTrades-2025-10-10.zip", "")
+    zero = tmp_path / "empty.csv"
+    zero.write_bytes(b"")
+    lake, reps = _ingest(tmp_path, empty_gz, header_only, zero)
+    assert [(r.status, r.rows_read, r.rows_written) for r in reps[:2]] == [("written", 0, 0), ("written", 0, 0)]
+    decisions = [json.loads(d) for d in lake.manifest().sort("path")["decisions"]]
+    assert all("empty" in d for d in decisions)
+    assert reps[2].status == "error" and "unknown format" in reps[2].message and "empty.csv" in reps[2].message
+
+
+def test_unknown_exchange_is_refused_not_guessed(tmp_path):
+    f = write_gz(tmp_path / "ftx_trades_2025-10-10_BTC-PERP.csv.gz", HEADER + f"ftx,BTC-PERP,{US},{US},1,buy,1,1\n")
+    lake, (rep,) = _ingest(tmp_path, f)
+    assert rep.status == "error" and "unknown Tardis exchange 'ftx'" in rep.message and "line 2" in rep.message
+    assert _nothing_written(lake)
+
+
+def test_accounting_holds_for_every_bad_file(tmp_path):
+    """rows_read = written + quarantined for a file mixing every kind of bad row."""
+    rows = _trades(20) + "\n" + "coinbase,BTC-USD,,,,,,\n" + f"coinbase,BTC-USD,{US},{US},5,buy,1\n"
+    f = write_gz(tmp_path / "coinbase_trades_2025-10-10_BTC-USD.csv.gz", HEADER + rows)
+    lake, (rep,) = _ingest(tmp_path, f)
+    assert rep.rows_read == 23 and rep.rows_written + rep.rows_quarantined == 23 and rep.rows_written == 20
+    man = lake.manifest().row(0, named=True)
+    assert man["rows_read"] == 23 and man["rows_quarantined"] == 3
+    assert pl.read_parquet(lake.files("trades")[0]).height == 20
