@@ -1,7 +1,12 @@
 """Benchmark: events per second of the replay fold (stream merge + books + prices + rules), and peak memory.
 
     .venv/bin/python bench/bench_replay.py --events 10000000          # generate, fold, baseline
-    .venv/bin/python bench/bench_replay.py --events 10000000 --skip-gen
+    taskset -c 0 .venv/bin/python bench/bench_replay.py --events 10000000 --skip-gen   # one core
+
+"One core": run under `taskset -c 0` (every thread of the process pinned to one CPU); the fold itself
+decodes Parquet with use_threads=False and POLARS_MAX_THREADS=1 is set for the phases. Wall time
+on a shared machine includes time other processes held the core, so CPU time (user + sys of the
+process, `time.process_time`) is reported beside it; events/s are given for both.
 
 Steps (each timed in its own process, so peak RSS is per phase):
 1. gen: a synthetic lake under bench/out/replay_lake: trades and L2 book deltas (plus one snapshot per
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -97,6 +103,10 @@ SCENARIO = {
 }
 
 
+def _cpu() -> float:
+    return time.process_time()
+
+
 def fold() -> dict:
     from crashlab.ingest.lake import Lake
     from crashlab.replay import state
@@ -104,16 +114,18 @@ def fold() -> dict:
     from crashlab.replay.scenario import parse_scenario
 
     lake = Lake.open(LAKE)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), _cpu()
     tape = state.build_tape(lake, T0, T0 + timedelta(hours=HOURS), cache=True, bar_path="close")
-    t_fold = time.perf_counter() - t
-    t = time.perf_counter()
-    r = run_replay(lake, parse_scenario(SCENARIO), T0, T0 + timedelta(hours=HOURS))
-    t_rules = time.perf_counter() - t
+    t_fold, c_fold = time.perf_counter() - t, _cpu() - c
+    t, c = time.perf_counter(), _cpu()
+    r = run_replay(lake, parse_scenario(SCENARIO), T0, T0 + timedelta(hours=HOURS))  # reuses the cached tape
+    t_rules, c_rules = time.perf_counter() - t, _cpu() - c
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"events": tape.events, "fold_s": t_fold, "rules_s": t_rules, "events_per_s": tape.events / (t_fold + t_rules),
-            "fold_only_events_per_s": tape.events / t_fold, "peak_rss_mb": rss, "accounts": len(r.manifest["accounts"]),
-            "liquidations": r.liquidations.height, "steps": tape.T}
+            "fold_only_events_per_s": tape.events / t_fold, "fold_cpu_s": c_fold, "rules_cpu_s": c_rules,
+            "events_per_cpu_s": tape.events / (c_fold + c_rules), "peak_rss_mb": rss,
+            "accounts": len(r.manifest["accounts"]), "liquidations": r.liquidations.height, "steps": tape.T,
+            "price_path_sha256": hashlib.sha256(r.price_path.write_ipc(None).getvalue()).hexdigest()[:16]}
 
 
 def baseline(limit: int) -> dict:
@@ -125,7 +137,7 @@ def baseline(limit: int) -> dict:
     books: dict[int, tuple[dict, dict]] = {}
     last: dict[int, float] = {}
     n = 0
-    t = time.perf_counter()
+    t, c = time.perf_counter(), _cpu()
     next_check = None
     positions = [(i % 4, 1.0, P0[i % 4], P0[i % 4] * 0.1) for i in range(40)]
     for b in Stream(lake, T0, T0 + timedelta(hours=HOURS)):
@@ -151,8 +163,8 @@ def baseline(limit: int) -> dict:
                 break
         if n >= limit:
             break
-    dt = time.perf_counter() - t
-    return {"events": n, "seconds": dt, "events_per_s": n / dt,
+    dt, dc = time.perf_counter() - t, _cpu() - c
+    return {"events": n, "seconds": dt, "events_per_s": n / dt, "cpu_s": dc, "events_per_cpu_s": n / dc,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -173,13 +185,17 @@ def main() -> None:
         print(json.dumps(baseline(a.baseline_events)))
         return
     me = [sys.executable, __file__, "--events", str(a.events), "--baseline-events", str(a.baseline_events)]
+    env = dict(os.environ, POLARS_MAX_THREADS="1")
     if not a.skip_gen:
         import shutil
         shutil.rmtree(LAKE, ignore_errors=True)
         subprocess.run(me + ["--phase", "gen"], check=True)
-    f = json.loads(subprocess.run(me + ["--phase", "fold"], check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-    b = json.loads(subprocess.run(me + ["--phase", "baseline"], check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-    print(json.dumps({"fold": f, "baseline": b}, indent=2))
+    run = lambda ph: json.loads(subprocess.run(me + ["--phase", ph], check=True, capture_output=True, text=True,  # noqa: E731
+                                                env=env).stdout.strip().splitlines()[-1])
+    f, b = run("fold"), run("baseline")
+    machine = {"nproc": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)), "python": sys.version.split()[0],
+               "loadavg_1m": os.getloadavg()[0]}
+    print(json.dumps({"machine": machine, "fold": f, "baseline": b}, indent=2))
 
 
 if __name__ == "__main__":

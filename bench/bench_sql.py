@@ -112,7 +112,9 @@ def main() -> int:
             crash.append(dt)
             dt, b = timed(lambda: pl.from_arrow(raw.sql(HAND_SQL.format(glob=glob)).to_arrow_table()))
             hand.append(dt)
-        assert a.height == b.height and a["close"].equals(b["close"]) and a["volume"].equals(b["volume"])  # type: ignore[union-attr]
+        # same bars; float sums may differ in the last bits (parallel summation order)
+        assert a.height == b.height and a["close"].equals(b["close"])  # type: ignore[union-attr]
+        assert ((a["volume"] - b["volume"]).abs() / b["volume"]).max() < 1e-9  # type: ignore[union-attr,operator]
         win_bars, win_lows, win_tl = [], [], []
         for _ in range(max(5, args.repeat)):
             win_bars.append(timed(lambda: db.query("bars", start="2025-10-10T21:15", end="2025-10-10T21:25"))[0])

@@ -154,7 +154,7 @@ def _print_summary(res: DemoResult, console: Console) -> None:
     console.print(
         "[bold]conversion_rate vs internal_book[/]: "
         f"{tot.get('liquidations_avoided', 0)} liquidations avoided "
-        f"({tot.get('accounts_avoided', 0)} accounts), forced notional avoided "
+        f"({tot.get('accounts_avoided', 0):,.0f} accounts), forced notional avoided "
         f"{tot.get('forced_notional_avoided', 0):,.0f} USD"
     )
     console.print(f"timings (s): {res.seconds}")

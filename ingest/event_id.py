@@ -32,21 +32,34 @@ def _blake64(s: str) -> int:
 
 
 def _string_image(s: pl.Series) -> np.ndarray:
+    """Each string's image, with every distinct non-numeric value hashed once.
+
+    Numeric strings (trade ids) are cast in one vectorised pass; the other values (symbols, sides,
+    venues: few distinct values repeated on every row) are blake2b-hashed once per distinct value
+    and mapped back, a constant column without any per-row lookup. Same images as row by row.
+    """
+    n = len(s)
+    nulls = s.null_count()
+    if nulls == n:
+        return np.full(n, _NULL, dtype=np.uint64)
     as_int = s.cast(pl.Int64, strict=False)
-    out = np.zeros(len(s), dtype=np.uint64)
-    numeric = as_int.is_not_null().to_numpy()
-    if numeric.any():
-        out[numeric] = as_int.filter(pl.Series(numeric)).to_numpy().astype(np.int64).view(np.uint64)
-    rest = ~numeric & s.is_not_null().to_numpy()
-    if rest.any():
-        sub = s.filter(pl.Series(rest))
-        uniq = sub.unique()
-        table = pl.DataFrame(
-            {"k": uniq, "v": pl.Series([_blake64(v) ^ 0x5DEECE66D for v in uniq.to_list()], dtype=pl.UInt64)}
-        )
-        mapped = pl.DataFrame({"k": sub}).join(table, on="k", how="left", maintain_order="left")["v"]
-        out[rest] = mapped.to_numpy().astype(np.uint64)
-    out[~s.is_not_null().to_numpy()] = _NULL
+    out = as_int.fill_null(0).to_numpy().astype(np.int64, copy=False).view(np.uint64).copy()
+    n_text = as_int.null_count() - nulls  # non-null values that are not integers
+    if n_text:
+        text_mask = (as_int.is_null() & s.is_not_null())
+        text = s if n_text == n else s.filter(text_mask)
+        uniq = text.unique()
+        images = pl.Series([_blake64(v) ^ 0x5DEECE66D for v in uniq.to_list()], dtype=pl.UInt64)
+        if len(uniq) == 1:
+            img = np.uint64(images[0])
+        else:
+            img = text.replace_strict(uniq, images, return_dtype=pl.UInt64).to_numpy()
+        if n_text == n:
+            out[:] = img
+        else:
+            out[text_mask.to_numpy()] = img
+    if nulls:
+        out[s.is_null().to_numpy()] = _NULL
     return out
 
 

@@ -3,6 +3,8 @@
 Layout (chosen by measurement, see BENCHMARKS.md):
 
     <lake>/<table>/<venue>/<YYYY-MM-DD>/<source_id>.parquet   sorted by ts, zstd, 128 Ki-row groups
+    <lake>/<table>/<venue>/<YYYY-MM-DD>/<source_id>.<part:05d>.parquet   the same, for a source
+                                                              ingested in chunks (one file per chunk)
     <lake>/_quarantine/<source_id>.parquet                    rejected rows with file, line, reason
     <lake>/_manifest/<source_id>.parquet                      one row per ingested source
 
@@ -11,6 +13,15 @@ file of that source is in place. Files of a source with no manifest (an ingest k
 are removed by `recover()` before the next ingest, which then rewrites them with the same names,
 so a killed-then-rerun ingest leaves exactly the lake of an uninterrupted run. Every single file is
 written to a hidden temp name and renamed, so no reader ever sees half a file.
+
+A large source is ingested chunk by chunk (`pipeline.ingest_chunks`): each chunk's rows go to
+part files, each sorted by ts on its own. Parts of one partition may overlap in time (a Tardis
+file is ordered by arrival, not exchange time), so "sorted" is a per-file promise: readers that
+need one order merge files (replay's k-way merge) or ORDER BY ts, as they must anyway for the
+many sources sharing a partition. A source that fits in one chunk keeps the single-file name.
+
+Dictionary encoding is used only for the low-cardinality string columns (venue, symbol, side, ...):
+on high-cardinality ones (ids, prices) it costs most of the write time and saves nothing.
 
 Only validated venue names and dates become directory names; symbols never touch the file system.
 """
@@ -33,6 +44,8 @@ from . import schema
 from .paths import default_lake
 
 ROW_GROUP = 128 * 1024
+#: String columns with many distinct values: dictionary encoding does not pay for them.
+_NO_DICT = frozenset({"trade_id", "label", "source_url", "account", "path", "raw", "decisions", "sha256", "cursor"})
 _SAFE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
 _SID = re.compile(r"^[0-9a-f]{16}$")
 
@@ -118,22 +131,98 @@ class Lake:
         q = self.quarantine_dir
         if q.exists():
             for p in q.glob("*.parquet"):
-                if p.stem not in committed:
+                if p.stem.split(".")[0] not in committed:
                     p.unlink(missing_ok=True)
                     removed.append(p)
         return removed
+
+    @staticmethod
+    def _dict_columns(sch: pa.Schema) -> list[str]:
+        return [f.name for f in sch if pa.types.is_string(f.type) and f.name not in _NO_DICT]
 
     def _write_atomic(self, table: pa.Table, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             pq.write_table(
-                table, tmp, compression="zstd", row_group_size=ROW_GROUP, write_statistics=True
+                table, tmp, compression="zstd", row_group_size=ROW_GROUP, write_statistics=True,
+                use_dictionary=self._dict_columns(table.schema),
             )
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+    def source_files(self, source_id: str) -> list[Path]:
+        """Every data and quarantine file of a source (all parts), committed or not."""
+        out = [p for t in schema.TABLES for p in self.files(t) if p.stem.split(".")[0] == source_id]
+        q = self.quarantine_dir
+        if q.exists():
+            out += [p for p in q.glob(f"{source_id}*.parquet") if p.stem.split(".")[0] == source_id]
+        return out
+
+    def remove_source(self, source_id: str) -> None:
+        """Remove a source's data and quarantine files (a failed or killed attempt); not its manifest."""
+        if not _SID.match(source_id):
+            raise LakeError(f"bad source id {source_id!r}")
+        for p in self.source_files(source_id):
+            p.unlink(missing_ok=True)
+
+    def write_rows(self, source_id: str, table: str, df: pl.DataFrame, part: int | None = None) -> list[Path]:
+        """Write canonical rows (event_id, source, source_id included) into their venue/day partitions.
+
+        Each file is sorted by ts. `part` names a chunk's file `<source_id>.<part:05d>.parquet`.
+        """
+        if not _SID.match(source_id):
+            raise LakeError(f"bad source id {source_id!r}")
+        if df.height == 0:
+            return []
+        name = f"{source_id}.parquet" if part is None else f"{source_id}.{part:05d}.parquet"
+        venue_col = "venue" if "venue" in df.columns else None
+        keyed = df.with_columns(
+            pl.col("ts").dt.date().cast(pl.String).alias("_date"),
+            (pl.col(venue_col) if venue_col else pl.lit("_all")).alias("_venue"),
+        )
+        keys = keyed.select("_venue", "_date").unique(maintain_order=True)
+        parts = [((keys.item(0, 0), keys.item(0, 1)), keyed)] if keys.height == 1 else \
+            keyed.group_by(["_venue", "_date"], maintain_order=True)
+        paths = []
+        for (venue, day), grp in parts:
+            if venue != "_all" and (not isinstance(venue, str) or not _SAFE.match(venue)):
+                raise LakeError(f"venue {venue!r} is not a safe directory name")
+            if day is None:
+                raise LakeError(f"{table}: rows without a timestamp reached the writer")
+            grp = grp.drop("_date", "_venue")
+            if not grp["ts"].is_sorted():
+                grp = grp.sort("ts", maintain_order=True)
+            arrow = schema.conform(table, grp.to_arrow())
+            path = self.table_dir(table) / venue / day / name
+            self._write_atomic(arrow, path)
+            paths.append(path)
+        return paths
+
+    def unpart(self, paths: list[Path]) -> list[Path]:
+        """Give a one-chunk source's part files their single-file names (before the commit)."""
+        out = []
+        for p in paths:
+            sid = p.name.split(".")[0]
+            target = p.with_name(f"{sid}.parquet")
+            os.replace(p, target)
+            out.append(target)
+        return out
+
+    def quarantine_writer(self, source_id: str) -> "QuarantineWriter":
+        if not _SID.match(source_id):
+            raise LakeError(f"bad source id {source_id!r}")
+        return QuarantineWriter(self.quarantine_dir / f"{source_id}.parquet")
+
+    def commit(self, source_id: str, manifest_row: dict) -> None:
+        """Write the manifest row: from now on the source is in the lake."""
+        if not _SID.match(source_id):
+            raise LakeError(f"bad source id {source_id!r}")
+        row = {name: manifest_row.get(name) for name in schema.MANIFEST_SCHEMA.names}
+        m = pa.Table.from_pylist([row], schema=schema.MANIFEST_SCHEMA)
+        self._write_atomic(m, self.manifest_dir / f"{source_id}.parquet")
 
     def write_source(
         self,
@@ -149,32 +238,59 @@ class Lake:
         if not _SID.match(source_id):
             raise LakeError(f"bad source id {source_id!r}")
         # A previous, killed attempt of this source may have left files under other partitions.
-        for table in schema.TABLES:
-            for p in self.files(table):
-                if p.stem == source_id:
-                    p.unlink()
+        self.remove_source(source_id)
         written: dict[str, int] = {}
         for table, df in tables.items():
             if df.height == 0:
                 continue
             written[table] = df.height
-            venue_col = "venue" if "venue" in df.columns else None
-            keyed = df.with_columns(
-                pl.col("ts").dt.date().cast(pl.String).alias("_date"),
-                (pl.col(venue_col) if venue_col else pl.lit("_all")).alias("_venue"),
-            )
-            for (venue, day), part in keyed.group_by(["_venue", "_date"], maintain_order=True):
-                if venue != "_all" and (not isinstance(venue, str) or not _SAFE.match(venue)):
-                    raise LakeError(f"venue {venue!r} is not a safe directory name")
-                if day is None:
-                    raise LakeError(f"{table}: rows without a timestamp reached the writer")
-                part = part.drop("_date", "_venue").sort("ts", maintain_order=True)
-                arrow = schema.conform(table, part.to_arrow())
-                self._write_atomic(arrow, self.table_dir(table) / venue / day / f"{source_id}.parquet")
-        if quarantine.height:
-            q = quarantine.select(schema.QUARANTINE_SCHEMA.names).to_arrow().cast(schema.QUARANTINE_SCHEMA)
-            self._write_atomic(q, self.quarantine_dir / f"{source_id}.parquet")
-        row = {name: manifest_row.get(name) for name in schema.MANIFEST_SCHEMA.names}
-        m = pa.Table.from_pylist([row], schema=schema.MANIFEST_SCHEMA)
-        self._write_atomic(m, self.manifest_dir / f"{source_id}.parquet")
+            self.write_rows(source_id, table, df)
+        with self.quarantine_writer(source_id) as qw:
+            qw.write(quarantine)
+        self.commit(source_id, manifest_row)
         return written
+
+
+class QuarantineWriter:
+    """A source's rejected rows, streamed chunk by chunk into one file (temp name until `close`)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self._writer: pq.ParquetWriter | None = None
+        self.rows = 0
+
+    def write(self, quarantine: pl.DataFrame) -> None:
+        if quarantine.height == 0:
+            return
+        q = quarantine.select(schema.QUARANTINE_SCHEMA.names).to_arrow().cast(schema.QUARANTINE_SCHEMA)
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(
+                self.tmp, schema.QUARANTINE_SCHEMA, compression="zstd", write_statistics=True,
+                use_dictionary=Lake._dict_columns(schema.QUARANTINE_SCHEMA),
+            )
+        self._writer.write_table(q, row_group_size=ROW_GROUP)
+        self.rows += q.num_rows
+
+    def close(self) -> None:
+        """Move the file into place (nothing is written for a source without rejected rows)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "QuarantineWriter":
+        return self
+
+    def __exit__(self, exc_type, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Iterable
 
 import polars as pl
 
@@ -18,7 +19,7 @@ from . import __version__
 from .detect import detect, expand_paths
 from .formats.base import FormatError, Options, Parsed
 from .lake import Lake
-from .validate import validate
+from .validate import SeenIds, validate
 
 
 @dataclass
@@ -45,76 +46,139 @@ def sha256_file(path: Path) -> str:
 
 
 def _raw_text(parsed: Parsed, bad: pl.DataFrame, tables: dict[str, pl.DataFrame]) -> pl.Series:
-    """The rejected units as text, so a human can see what was refused."""
+    """The rejected units as text, so a human can see what was refused.
+
+    From `Parsed.raw` (the line as read) where it has the unit; otherwise the first canonical row
+    made from the unit, as JSON (units rejected after parsing may have no raw line).
+    """
     if bad.height == 0:
         return pl.Series("raw", [], dtype=pl.String)
+    keys = bad.select("_row")
+    out = pl.Series("raw", [None] * bad.height, dtype=pl.String)
     if parsed.raw is not None and "_row" in parsed.raw.columns:
         cols = [c for c in parsed.raw.columns if c != "_row"]
-        raw = parsed.raw.select("_row", pl.concat_str([pl.col(c).cast(pl.String).fill_null("") for c in cols], separator=",").alias("raw"))
-        return bad.join(raw, on="_row", how="left", maintain_order="left")["raw"]
-    # Fall back to the first canonical row derived from the unit, as JSON.
+        raw = parsed.raw.filter(pl.col("_row").is_in(keys["_row"].implode())).select(
+            "_row", pl.concat_str([pl.col(c).cast(pl.String).fill_null("") for c in cols], separator=",").alias("raw")
+        )
+        out = keys.join(raw, on="_row", how="left", maintain_order="left")["raw"]
+        if out.null_count() == 0:
+            return out
+    missing = keys.filter(out.is_null())
     parts = []
-    for t, df in tables.items():
-        sub = df.join(bad.select("_row"), on="_row", how="semi").unique("_row", keep="first", maintain_order=True)
+    for df in tables.values():
+        sub = df.filter(pl.col("_row").is_in(missing["_row"].implode())).unique("_row", keep="first", maintain_order=True)
         if sub.height:
             parts.append(sub.select("_row", pl.struct(pl.exclude("_row", "event_id")).struct.json_encode().alias("raw")))
     if not parts:
-        return pl.Series("raw", [None] * bad.height, dtype=pl.String)
-    raw = pl.concat(parts).unique("_row", keep="first", maintain_order=True)
-    return bad.join(raw, on="_row", how="left", maintain_order="left")["raw"]
+        return out
+    js = pl.concat(parts).unique("_row", keep="first", maintain_order=True)
+    fallback = keys.join(js, on="_row", how="left", maintain_order="left")["raw"]
+    return out.fill_null(fallback).alias("raw")
 
 
 def ingest_parsed(lake: Lake, parsed: Parsed, *, path: str, sha256: str, source: str, cursor: dict | None = None) -> FileReport:
     """Validate and commit one parsed source. Used by file ingest, fetchers and the simulator alike."""
+    return ingest_chunks(lake, [parsed], path=path, sha256=sha256, source=source, cursor=cursor)
+
+
+def ingest_chunks(
+    lake: Lake, chunks: Iterable[Parsed], *, path: str, sha256: str, source: str, cursor: dict | None = None
+) -> FileReport:
+    """Validate and commit one source given as consecutive chunks (`_row` ranges in file order).
+
+    Memory is one chunk's frames plus the event ids seen so far (16 bytes each, for the duplicate
+    check across chunks). Each chunk's rows go to part files; a source that came in one chunk
+    keeps the single-file name. The manifest, written last, is the commit: an error or a kill
+    part way leaves only uncommitted files, which are removed here or by `Lake.recover()`.
+    The format, day and raw lines are per chunk; the decisions of the LAST chunk are the file's
+    (an importer may complete them as it reads, e.g. the timestamp-unit evidence).
+    """
     source_id = sha256[:16]
-    rep = FileReport(path=path, status="written", format=parsed.format, source_id=source_id, rows_read=parsed.rows_read)
+    rep = FileReport(path=path, status="written", source_id=source_id)
     if lake.is_ingested(source_id):
         rep.status = "already ingested"
         return rep
-    good, bad = validate(parsed)
-    written_units: set[int] = set()
-    out: dict[str, pl.DataFrame] = {}
-    for t, df in good.items():
-        written_units.update(df["_row"].unique().to_list())
-        out[t] = df.drop("_row").with_columns(pl.lit(source).alias("source"), pl.lit(source_id).alias("source_id"))
-    rep.rows_quarantined = bad.height
-    rep.rows_written = len(written_units)
-    if rep.rows_written + rep.rows_quarantined != parsed.rows_read:
-        raise RuntimeError(
-            f"{path}: accounting broken: read {parsed.rows_read} units but wrote {rep.rows_written} "
-            f"and quarantined {rep.rows_quarantined} (importer {parsed.format} bug)"
-        )
-    ts = [df["ts"] for df in out.values() if df.height]
-    if ts:
-        all_ts = pl.concat(ts)
-        rep.first_ts, rep.last_ts = all_ts.min(), all_ts.max()  # type: ignore[assignment]
-    quarantine = bad.with_columns(
-        pl.lit(source_id).alias("source_id"),
-        pl.lit(path).alias("path"),
-        pl.col("_row").alias("line"),
-        _raw_text(parsed, bad, parsed.tables).alias("raw"),
-    )
-    manifest_row = {
-        "source_id": source_id,
-        "sha256": sha256,
-        "path": path,
-        "format": parsed.format,
-        "decisions": json.dumps(parsed.decisions, sort_keys=True, default=str),
-        "tables": ",".join(sorted(out)),
-        "rows_read": parsed.rows_read,
-        "rows_written": rep.rows_written,
-        "rows_quarantined": rep.rows_quarantined,
-        "first_ts": rep.first_ts,
-        "last_ts": rep.last_ts,
-        "ingested_at": datetime.now(timezone.utc),
-        "tool_version": __version__,
-        "cursor": json.dumps(cursor) if cursor is not None else None,
-    }
-    rep.tables = lake.write_source(source_id, out, quarantine, manifest_row)
+    seen = SeenIds()
+    written_paths: list[Path] = []
+    counts: dict[str, int] = {}
+    last: Parsed | None = None
+    n_chunks = 0
+    lake.remove_source(source_id)  # a previous, killed attempt may have left files behind
+    try:
+        with lake.quarantine_writer(source_id) as qw:
+            for part, parsed in enumerate(chunks):
+                n_chunks, last = part + 1, parsed
+                if part == 0:
+                    rep.format = parsed.format
+                rep.rows_read += parsed.rows_read
+                good, bad = validate(parsed, seen=seen)
+                units = pl.concat([df.select("_row") for df in good.values() if df.height] or
+                                  [pl.DataFrame(schema={"_row": pl.Int64})], how="vertical_relaxed")
+                n_written = units["_row"].n_unique()
+                if n_written + bad.height != parsed.rows_read:
+                    raise RuntimeError(
+                        f"{path}: accounting broken: read {parsed.rows_read} units but wrote {n_written} "
+                        f"and quarantined {bad.height} (importer {parsed.format} bug)"
+                    )
+                rep.rows_written += n_written
+                rep.rows_quarantined += bad.height
+                for t, df in good.items():
+                    if df.height == 0:
+                        continue
+                    out = df.drop("_row").with_columns(pl.lit(source).alias("source"), pl.lit(source_id).alias("source_id"))
+                    lo, hi = out["ts"].min(), out["ts"].max()
+                    rep.first_ts = lo if rep.first_ts is None or lo < rep.first_ts else rep.first_ts  # type: ignore[operator]
+                    rep.last_ts = hi if rep.last_ts is None or hi > rep.last_ts else rep.last_ts  # type: ignore[operator]
+                    counts[t] = counts.get(t, 0) + out.height
+                    written_paths += lake.write_rows(source_id, t, out, part)
+                    del out
+                if bad.height:
+                    qw.write(bad.with_columns(
+                        pl.lit(source_id).alias("source_id"),
+                        pl.lit(path).alias("path"),
+                        pl.col("_row").alias("line"),
+                        _raw_text(parsed, bad, parsed.tables).alias("raw"),
+                    ))
+                del good, bad
+        if n_chunks == 1:
+            lake.unpart(written_paths)
+        manifest_row = {
+            "source_id": source_id,
+            "sha256": sha256,
+            "path": path,
+            "format": rep.format,
+            "decisions": json.dumps(last.decisions if last else {}, sort_keys=True, default=str),
+            "tables": ",".join(sorted(counts)),
+            "rows_read": rep.rows_read,
+            "rows_written": rep.rows_written,
+            "rows_quarantined": rep.rows_quarantined,
+            "first_ts": rep.first_ts,
+            "last_ts": rep.last_ts,
+            "ingested_at": datetime.now(timezone.utc),
+            "tool_version": __version__,
+            "cursor": json.dumps(cursor) if cursor is not None else None,
+        }
+        lake.commit(source_id, manifest_row)
+    except BaseException:
+        lake.remove_source(source_id)
+        raise
+    rep.tables = counts
     return rep
 
 
-def ingest_file(lake_root: str, path: str, options: Options) -> FileReport:
+#: Source units per chunk for importers that stream (`iter_parse`): ~1 GB peak for Tardis trades.
+CHUNK_ROWS = 1_000_000
+
+
+def _chunks(importer, path: Path, options: Options, chunk_rows: int) -> Iterable[Parsed]:
+    """The importer's chunks if it can stream a file, else the whole file as one chunk."""
+    it = getattr(importer, "iter_parse", None)
+    if it is not None:
+        return it(path, options, chunk_rows)
+    return [importer.parse(path, options)]
+
+
+def ingest_file(lake_root: str, path: str, options: Options, chunk_rows: int = CHUNK_ROWS) -> FileReport:
     """Ingest one file; errors come back in the report (naming the file) instead of raising."""
     lake = Lake.open(lake_root)
     p = Path(path)
@@ -123,8 +187,8 @@ def ingest_file(lake_root: str, path: str, options: Options) -> FileReport:
         if lake.is_ingested(sha[:16]):
             return FileReport(path=path, status="already ingested", source_id=sha[:16])
         importer = detect(p)
-        parsed = importer.parse(p, options)
-        return ingest_parsed(lake, parsed, path=str(p), sha256=sha, source=importer.SOURCE)
+        chunks = _chunks(importer, p, options, chunk_rows)
+        return ingest_chunks(lake, chunks, path=str(p), sha256=sha, source=importer.SOURCE)
     except FormatError as e:
         return FileReport(path=path, status="error", message=str(e))
     except OSError as e:

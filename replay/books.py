@@ -101,7 +101,7 @@ class _Side:
             o = _ZERO
             u, v, first = up, ua, _ZERO
         else:
-            o = np.argsort(up, kind="stable")
+            o = np.argsort(up)  # not stable: the first/last row of a price is the min/max row index
             s = up[o]
             brk = np.empty(n, dtype=bool)
             brk[0] = True
@@ -110,9 +110,9 @@ class _Side:
             if len(starts) == n:  # all prices distinct
                 first = last = o
             else:
-                first = o[starts]
-                last = o[np.append(starts[1:], n) - 1]
-            u, v = s[starts], ua[last]  # u is sorted; s[starts] == up[first]
+                first = np.minimum.reduceat(o, starts)
+                last = np.maximum.reduceat(o, starts)
+            u, v = up[first], ua[last]  # sorted (== s[starts]); up[first] keeps the first key's -0.0/0.0
         m = len(self.p)
         if m:
             pos = np.searchsorted(self.ps, u)
@@ -164,6 +164,7 @@ class ArrayBook:
         self.bid, self.ask = _Side(), _Side()
 
     def apply(self, side: np.ndarray, price: np.ndarray, amount: np.ndarray) -> None:
+        """`Book.apply`: rows with side > 0 update the bids, all others the asks."""
         b = side > 0
         nb = int(np.count_nonzero(b))
         if nb == len(b):

@@ -131,10 +131,8 @@ class _Sim:
         self.step_s = tape.step_us / 1e6
         self.ts_us = tape.step_ts()
         self.t_s = (np.arange(self.T) + 1) * self.step_s
-        hl, phi = float(impact.get("resilience_half_life_s", 60.0)), float(impact.get("permanent_fraction", 0.3))
-        mx = float(impact.get("max_walk_pct", 0.99))
-        self.forced = ImpactState(hl, phi, mx)
-        self.model = ImpactState(hl, phi, mx)
+        self.forced = ImpactState.from_params(impact)
+        self.model = ImpactState.from_params(impact)
         self.trades_k = float(impact.get("trades_depth_k", 0.5))
         self.default_depth = float(impact.get("default_depth_1pct_usd", 2e6))
         self.rows: list[tuple] = []
@@ -213,8 +211,14 @@ class _Sim:
                 lad = self.ref_ladders[inst][0 if side == "sell" else 1]
                 src = self.tape.depth_source.get(inst, "book") + " (pre-shock reference)"
             else:
-                lad = (self.tape.bid if side == "sell" else self.tape.ask)[inst][s]
+                arr = (self.tape.bid if side == "sell" else self.tape.ask)[inst]
+                lad = arr[s]
                 src = self.tape.depth_source.get(inst, "book")
+                if np.isnan(lad[0]) and s < len(arr) and not np.isnan(arr[:, 0]).all():
+                    # before the first ladder of the window, the first ladder is the best guess
+                    # (as prices are back-filled), not the much thinner trades estimate
+                    lad = arr[int(np.argmax(~np.isnan(arr[:, 0])))]
+                    src += " (back-filled)"
             if not np.isnan(lad).all():
                 return np.nan_to_num(lad), src
         if inst is not None and inst in self.tape.notional:
@@ -386,6 +390,12 @@ class _Sim:
         lid = self.emit("liquidation", s, acct, rule.venue, market, main, self._cause(acct, s),
                         detail={"metric_name": rule.metric_name, "metric": metric, "equity": eq, "maintenance": mm,
                                 "threshold": float(rule.params["liquidation_threshold"]), "mode": mode})
+        row, forced0 = len(self.rows) - 1, self.forced_notional
+        pos = acct.positions.get(main) if main else None
+        pos_qty = pos.qty if pos else 0.0
+        pos_px = float(prices.get(("mark", rule.venue, main), math.nan)) if pos else math.nan
+        pos_notional = sum(abs(p.qty) * float(prices.get(("mark", rule.venue, sym), 0.0))
+                           for sym, p in acct.positions.items())
         self.liq_count += 1
         if rule.name == "hyperliquid" and mode == "backstop":
             self._backstop(acct, rule, s, lid, prices)
@@ -404,6 +414,14 @@ class _Sim:
                 if rule.name in self.insurance:
                     self.insurance[rule.name] += fee
             self._settle(acct, rule, s, lid, prices)
+        # the liquidation row: the main position (price, qty) and the notional forced out of the
+        # account (its orders' notional; a backstop's transfer at mark); null, never NaN, if none
+        r = list(self.rows[row])
+        forced = self.forced_notional - forced0
+        r[12] = ("sell" if pos_qty > 0 else "buy") if pos else ""
+        r[13], r[14] = (pos_px, abs(pos_qty)) if pos and pos_px == pos_px else (None, None)
+        r[15] = forced if forced > 0 else (pos_notional if pos_notional > 0 else None)
+        self.rows[row] = tuple(r)
         if rule.name == "hyperliquid" and acct.positions:
             self.cool[acct.id] = s + max(1, int(float(rule.params["partial_cooldown_s"]) / self.step_s))
         elif rule.name == "aave_v3":
@@ -522,8 +540,10 @@ def _frame(rows: list[tuple], schema: dict) -> pl.DataFrame:
     data = {c: [r[i] for r in rows] for i, c in enumerate(cols)}
     df = pl.DataFrame({c: data[c] for c in cols}, schema={c: (pl.Int64 if isinstance(t, pl.Datetime) else t)
                                                           for c, t in schema.items()}, strict=False)
+    # NaN means "not applicable" here (a margin call has no price): stored as null, never NaN
     return df.with_columns([pl.col(c).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
-                            for c, t in schema.items() if isinstance(t, pl.Datetime)])
+                            for c, t in schema.items() if isinstance(t, pl.Datetime)]
+                           + [pl.col(c).fill_nan(None) for c, t in schema.items() if t == pl.Float64])
 
 
 def _markers(lake: Lake, start: datetime, end: datetime) -> list[tuple[datetime, str, int]]:
@@ -600,11 +620,25 @@ def run_replay(
             raise LookupError(f"no price for {key} in the window")
         return float(ok[0])
 
+    entry_notes: dict[str, str] = {}
+    entry_win = parse_duration(str(sc.raw.get("scenario", {}).get("entry_window", "15m")))
+
     def vwap24(key) -> float | None:
+        """Entry price: prior-24h VWAP if the lake has it, else the VWAP of the window's first
+        `entry_window` (a lake that starts at the window has no history); noted in the manifest."""
         r = resolver.resolve(key)
         if r.inst is None:
             return None
-        return vwap(lake, tape.instruments[r.inst], start - timedelta(hours=24), start)
+        inst = tape.instruments[r.inst]
+        v = vwap(lake, inst, start - timedelta(hours=24), start)
+        if v:
+            entry_notes[":".join(key)] = f"prior-24h VWAP of {':'.join(inst)} = {v:.8g}"
+            return v
+        v = vwap(lake, inst, start, min(end, start + entry_win))
+        if v:
+            entry_notes[":".join(key)] = (f"no trades in the prior 24 h: VWAP of {':'.join(inst)} over the "
+                                          f"first {entry_win} of the window = {v:.8g}")
+        return v
 
     accounts = [a for a in build_accounts(sc, price_at, vwap24) if a.stage in mech or a.stage not in MECHANISMS]
     macro = macro_time(sc, _markers(lake, start, end)) if sc.macro_shock else None
@@ -637,6 +671,7 @@ def run_replay(
                  "instruments": len(tape.instruments),
                  "depth_sources": {":".join(tape.instruments[i]): s for i, s in sorted(sim.touched.items()) if s}},
         "price_notes": sorted(set(resolver.notes)),
+        "entry_notes": dict(sorted(entry_notes.items())),
         "accounts": [{"id": a.id, "rule": a.rule, "cohort": a.cohort, "stage": a.stage, "weight": a.weight}
                      for a in accounts],
         "summary": summarize(events, price_path),

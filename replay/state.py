@@ -198,6 +198,9 @@ class Folder:
             snaps = (tab == _T_SNAP) | ((tab == _T_DELTA) & (aux > 0))
             any_snap = bool(snaps.any())
             edges = [0, *bounds.tolist(), len(ks)]
+            if not any_snap:  # deltas only: split by side once, then every segment is two views
+                self._deltas(i, book, ks, edges, side, price, amount, eid, kv)
+                continue
             for a, e in zip(edges[:-1], edges[1:]):
                 if any_snap:
                     snap = snaps[a:e]
@@ -221,6 +224,28 @@ class Folder:
                 key = (i, PTYPES["book_mid"])
                 self._arr(self.prices, key, self.T, np.nan)[kk] = mid
                 self._arr(self.ids, key, self.T, 0, np.int64)[kk] = eid[e - 1]
+
+    def _deltas(self, i: int, book: ArrayBook, ks, edges, side, price, amount, eid, kv) -> None:
+        """The `_books` loop for a run of plain deltas (no snapshot): same updates, same ladders."""
+        bid = side > 0
+        bi, ai = np.flatnonzero(bid), np.flatnonzero(~bid)
+        bp, ba, ap, aa = price[bi], amount[bi], price[ai], amount[ai]
+        eb = np.searchsorted(bi, edges).tolist()  # segment edges within each side's rows
+        ea = np.searchsorted(ai, edges).tolist()
+        for j in range(len(edges) - 1):
+            book.bid.update(bp[eb[j]:eb[j + 1]], ba[eb[j]:eb[j + 1]])
+            book.ask.update(ap[ea[j]:ea[j + 1]], aa[ea[j]:ea[j + 1]])
+            lad = book.ladder()
+            if lad is None:
+                continue
+            e = edges[j + 1]
+            kk = min((int(kv[e - 1]) // self.L + 1) * self.L - 1, self.T - 1)
+            mid, lb, la = lad
+            self._arr(self.bid, i, (self.T, P), np.nan)[kk] = lb
+            self._arr(self.ask, i, (self.T, P), np.nan)[kk] = la
+            key = (i, PTYPES["book_mid"])
+            self._arr(self.prices, key, self.T, np.nan)[kk] = mid
+            self._arr(self.ids, key, self.T, 0, np.int64)[kk] = eid[e - 1]
 
     def _bands(self, b: EventBatch, k: np.ndarray, idx: np.ndarray) -> None:
         inst = b.inst[idx]

@@ -14,9 +14,12 @@ import io
 import re
 import zipfile
 import zlib
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
+import numpy as np
 import polars as pl
 
 from .base import QUARANTINE_COLUMNS, FormatError
@@ -115,12 +118,15 @@ def _ragged_line(data: bytes, width: int, header: bool) -> int | None:
     return None
 
 
-def read_csv_strings(path: Path, data: bytes | None, names: list[str], *, header: bool) -> pl.DataFrame:
+def read_csv_strings(
+    path: Path, data: bytes | None, names: list[str], *, header: bool, line_offset: int = 0
+) -> pl.DataFrame:
     """Every cell as text (so nothing is lost before validation), with `_row` = 1-based file line.
 
     With `header` the first line is skipped (the caller has checked it); `names` are the columns.
     Missing trailing cells read as null (and are quarantined later); extra cells are an error.
     `data=None` lets Polars read (and un-gzip) the file itself, which is faster than Python.
+    `line_offset` is the number of file lines before `data` (a chunk of a streamed file).
     """
     if data is not None and not data.strip():
         return pl.DataFrame(schema={"_row": pl.Int64, **{n: pl.String for n in names}})
@@ -140,8 +146,97 @@ def read_csv_strings(path: Path, data: bytes | None, names: list[str], *, header
         raise FormatError(path, f"cannot decompress (truncated or corrupt?): {e}") from None
     except pl.exceptions.ComputeError as e:
         line = _ragged_line(data if data is not None else read_bytes(path), len(names), header)
+        line = None if line is None else line + line_offset
         raise FormatError(path, f"a line has more than the {len(names)} columns expected ({str(e).splitlines()[0]})", line) from None
-    return df.with_row_index("_row", offset=2 if header else 1).with_columns(pl.col("_row").cast(pl.Int64))
+    return df.with_row_index("_row", offset=(2 if header else 1) + line_offset).with_columns(pl.col("_row").cast(pl.Int64))
+
+
+#: Files up to this size (on disk) are read whole by Polars, which un-gzips faster than Python;
+#: larger ones are streamed in blocks so memory stays bounded by the chunk size.
+WHOLE_READ_BYTES = 32 << 20
+_BLOCK = 8 << 20
+
+
+@contextmanager
+def open_stream(path: Path) -> Iterator[BinaryIO]:
+    """The decompressed bytes of a .gz, .zip (one member) or plain file, as a stream."""
+    name = path.name.lower()
+    try:
+        if name.endswith(".gz"):
+            with gzip.open(path, "rb") as fh:
+                yield fh  # type: ignore[misc]
+        elif name.endswith(".zip"):
+            with zipfile.ZipFile(path) as zf:
+                members = [m for m in zf.namelist() if not m.endswith("/")]
+                if len(members) != 1:
+                    raise FormatError(path, f"expected one CSV inside the zip, found {len(members)}")
+                with zf.open(members[0]) as fh:
+                    yield fh  # type: ignore[misc]
+        else:
+            with open(path, "rb") as fh:
+                yield fh
+    except FormatError:
+        raise
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise FormatError(path, f"cannot decompress (truncated or corrupt?): {e}") from None
+
+
+def _line_blocks(fh: BinaryIO, chunk_rows: int) -> Iterator[bytes]:
+    """Consecutive runs of `chunk_rows` whole lines (the last run may be shorter or empty)."""
+    pending, bufs, n = b"", [], 0
+    while True:
+        block = fh.read(_BLOCK)
+        if not block:
+            bufs.append(pending)
+            yield b"".join(bufs)
+            return
+        data = pending + block
+        nl = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+        start, i = 0, 0
+        while len(nl) - i >= chunk_rows - n:
+            k = i + (chunk_rows - n) - 1
+            cut = int(nl[k]) + 1
+            bufs.append(data[start:cut])
+            yield b"".join(bufs)
+            bufs, n, start, i = [], 0, cut, k + 1
+        if len(nl) > i:
+            cut = int(nl[-1]) + 1
+            bufs.append(data[start:cut])
+            n += len(nl) - i
+            start = cut
+        pending = data[start:]
+
+
+def iter_csv_strings(path: Path, names: list[str], *, header: bool, chunk_rows: int) -> Iterator[pl.DataFrame]:
+    """`read_csv_strings` in chunks of about `chunk_rows` lines, `_row` counted over the whole file.
+
+    At least one (possibly empty) frame is yielded. Lines are cut at newlines, so a quoted cell
+    holding a newline (no Tardis or Binance file has one) would be split.
+    """
+    chunk_rows = max(1, int(chunk_rows))
+    if path.stat().st_size <= WHOLE_READ_BYTES:
+        whole = None if path.name.lower().endswith((".gz", ".csv")) else read_bytes(path)
+        df = read_csv_strings(path, whole, names, header=header)
+        for off in range(0, max(df.height, 1), chunk_rows):
+            yield df.slice(off, chunk_rows)
+        return
+    rows_before, lines_before, yielded = 0, 1 if header else 0, False
+    with open_stream(path) as fh:
+        try:
+            if header:
+                fh.readline()
+            for data in _line_blocks(fh, chunk_rows):
+                if yielded and not data.strip():
+                    continue
+                df = read_csv_strings(path, data, names, header=False, line_offset=rows_before)
+                if header:
+                    df = df.with_columns(pl.col("_row") + 1)
+                lines_before += data.count(b"\n")
+                rows_before += df.height
+                yielded = True
+                yield df
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise FormatError(path, f"cannot decompress (truncated or corrupt?): {e}") from None
 
 
 def first_line(data: bytes) -> str:

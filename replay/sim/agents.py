@@ -166,24 +166,19 @@ class LiquidationEngine:
     def __init__(self, n: int, rate: np.ndarray):
         self.queue = np.zeros(n)  # base units waiting
         self.rate = rate  # quote notional per step
-        self.later: list[tuple[int, int, float]] = []  # (release step, instrument, base)
+        self.later: dict[int, np.ndarray] = {}  # release step -> base units per instrument
 
     def add(self, inst: int, base: float, release: int | None = None) -> None:
         if release is None:
             self.queue[inst] += base
         else:
-            self.later.append((release, inst, base))
+            self.later.setdefault(release, np.zeros_like(self.queue))[inst] += base
 
     def take(self, mid: np.ndarray, step: int = 0) -> np.ndarray:
         """Base amounts to sell this step (and remove from the queue)."""
         if self.later:
-            keep = []
-            for rel, i, b in self.later:
-                if rel <= step:
-                    self.queue[i] += b
-                else:
-                    keep.append((rel, i, b))
-            self.later = keep
+            for rel in [r for r in self.later if r <= step]:
+                self.queue += self.later.pop(rel)
         cap = self.rate / mid
         out = np.minimum(self.queue, cap)
         self.queue -= out

@@ -67,7 +67,8 @@ class Books:
     # ---- geometry -------------------------------------------------------------------------
     def bin_of(self, x: np.ndarray) -> np.ndarray:
         """Grid column of the bin containing log price x (column 0 = the deepest bin)."""
-        return np.clip(np.floor(x / self.h).astype(np.int64) + self.k_down, 1, self.K - 2)
+        c = np.floor(x / self.h).astype(np.int64) + self.k_down
+        return np.minimum(np.maximum(c, 1), self.K - 2)
 
     def bin_price(self, col: np.ndarray, row: int) -> np.ndarray:
         return self.pgrid[row, col]
@@ -83,7 +84,7 @@ class Books:
         level j ≥ 1 is grid bin c ∓ j."""
         c = self.bin_of(self.x)
         c2 = np.concatenate([c, c])
-        cols = np.clip(c2[:, None] + self.sign[:, None] * self.j, 0, self.K - 1)
+        cols = np.minimum(np.maximum(c2[:, None] + self.sign[:, None] * self.j, 0), self.K - 1)
         prices = self.pgrid[self.rows, cols]
         mid = self.mid
         prices[:, 0] = np.concatenate([mid * (1 - half_spread), mid * (1 + half_spread)])
@@ -188,7 +189,7 @@ class Books:
         R = len(profile)
         c = self.bin_of(self.x)
         c2 = np.concatenate([c, c])
-        cols = np.clip(c2[:, None] + self.sign[:, None] * np.arange(1, R + 1)[None, :], 0, self.K - 1)
+        cols = np.minimum(np.maximum(c2[:, None] + self.sign[:, None] * np.arange(1, R + 1)[None, :], 0), self.K - 1)
         keep = np.concatenate([1.0 - cancel, 1.0 - cancel])[:, None]
         add = np.concatenate([add_bid, add_ask])[:, None]
         prices = self.pgrid[self.rows, cols]

@@ -32,6 +32,7 @@ from crashlab.replay.rules.base import STATUS, Account
 
 BAND_PCTS = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
 SNAP_LEVELS = 10
+LADDER_EVERY = 5
 
 
 @dataclass
@@ -155,7 +156,8 @@ class Market:
         self.val_cap = _arr(sc, "value_cap") * self.d1 * dt
         self.lad_disc = np.asarray(v["ladder_pct"], dtype=float) / 100
         self.lad_target = _arr(sc, "ladder_depth") * self.d1 / len(self.lad_disc)
-        self.lad_rate = 1 - np.exp(-dt / float(v["ladder_refill_s"]))
+        #: ladders are topped up every LADDER_EVERY steps (they refill over minutes; saves time)
+        self.lad_rate = 1 - np.exp(-dt * LADDER_EVERY / float(v["ladder_refill_s"]))
         self.lad_scale = _arr(sc, "ladder_stretch")  # >1 puts a book's ladder further from the anchor
         self.anchor_a = 1 - 0.5 ** (dt / float(v["anchor_half_life_s"]))
         self.assets = sorted({i.asset for i in ins})
@@ -166,6 +168,9 @@ class Market:
         mac = sc.section("macro")
         self.t_post = sc.step_of(sc.events["tariff_post"]) / dt
         self.macro_tau = float(mac["tau_s"]) / dt
+        self.macro_lag = float(mac.get("lag_s", 0.0)) / dt
+        self.impulse_share = float(mac.get("impulse_share", 0.0))
+        self.impulse_len = float(mac.get("impulse_s", 120.0)) / dt
         self.macro = _arr(sc, "macro") * self.d1
         self.halt = (int(sc.step_of(sc.events["withdrawals_halt"]) / dt), int(sc.step_of(sc.events["withdrawals_resume"]) / dt))
         pool = sc.section("pool")
@@ -240,8 +245,12 @@ class Market:
         ins = self.sc.instruments
         r = self.r
         tt = np.arange(T, dtype=float)
-        kern = _gamma_kernel(tt - self.t_post, self.macro_tau)
+        kern = _gamma_kernel(tt - self.t_post - self.macro_lag, self.macro_tau)
         kern = kern / max(kern.sum(), 1e-12)
+        # the headline itself: a share of the selling lands in the first minutes after the post
+        imp = ((tt >= self.t_post) & (tt < self.t_post + self.impulse_len)).astype(float)
+        if imp.sum() > 0:
+            kern = (1 - self.impulse_share) * kern + self.impulse_share * imp / imp.sum()
         arb = self.arbs
         has_b = arb["b"] >= 0
         b_idx = np.where(has_b, arb["b"], 0)
@@ -259,6 +268,14 @@ class Market:
             kinds = ("index", "mark", "basis") if ins[i].venue == "binance" else ("oracle", "mark", "basis")
             self._ref_arrays[i] = {k: rec.ref.setdefault((ins[i].id, k), np.zeros(T)) for k in kinds}
             self._bperp[i] = self.sc.find("binance", "perp", a)
+        logp0 = np.log(self.p0)
+        lad_groups = [(float(st), self.lad_scale == st, bool((self.lad_scale == st).all()))
+                      for st in np.unique(self.lad_scale)]
+        perp_cohorts = [c for c in self.cohorts if c.kind == "perp_long"]
+        for c in perp_cohorts:
+            rec.oi.setdefault(c.inst, np.zeros(T))
+        # open notional of chunks [k:] for every k, so open interest is one lookup per step
+        oi_tail = [np.concatenate([np.cumsum(c.notional[::-1])[::-1], [0.0]]) for c in perp_cohorts]
         for t in range(T):
             rec.mid[t] = books.mid
             # 1. market makers' risk systems ------------------------------------------------
@@ -328,7 +345,8 @@ class Market:
                 anchor[self.asset_of == k] = fair
             gapv = anchor - logmid - self.val_thr
             # a few buy at market below the anchor (never more than closes half the gap) ...
-            buys += np.minimum(self.val_cap * np.clip(gapv / self.val_width, 0.0, 1.0), 0.5 * eff * np.maximum(gapv, 0.0))
+            buys += np.minimum(self.val_cap * np.minimum(np.maximum(gapv / self.val_width, 0.0), 1.0),
+                               0.5 * eff * np.maximum(gapv, 0.0))
             self._anchor_now = anchor
             net = buys - sells
             # 3. the sweep --------------------------------------------------------------------
@@ -351,13 +369,13 @@ class Market:
                         b[a] = b.get(a, 0.0) + w * res.mm_base[i]
                         b["USDT"] = b.get("USDT", 0.0) - w * res.mm_quote[i]
             # 4. limit orders: value traders' ladders around the anchor, organic flow near the mid
-            for st in np.unique(self.lad_scale):
-                rows = self.lad_scale == st
-                if rows.all():
-                    books.top_up(self._anchor_now - np.log(self.p0), self.lad_disc * st, self.lad_target, self.lad_rate)
+            x_anchor = self._anchor_now - logp0
+            for st, rows, allrows in (lad_groups if t % LADDER_EVERY == 0 else ()):
+                if allrows:
+                    books.top_up(x_anchor, self.lad_disc * st, self.lad_target, self.lad_rate)
                 else:
-                    x_anchor = np.where(rows, self._anchor_now - np.log(self.p0), -50.0)
-                    books.top_up(x_anchor, self.lad_disc * st, np.where(rows, self.lad_target, 0.0), self.lad_rate)
+                    books.top_up(np.where(rows, x_anchor, -50.0), self.lad_disc * st,
+                                 np.where(rows, self.lad_target, 0.0), self.lad_rate)
             # other traders' limit orders are pulled less than MM quotes
             books.replenish(self.add0 * np.maximum(self.f_bid, of), self.add0 * np.maximum(self.f_ask, of),
                             self.org_profile, self.cancel)
@@ -392,9 +410,8 @@ class Market:
                 else:  # spot collateral: the engine sells it; Binance publishes no such stream
                     self.engine.add(c.exec_inst, float(c.qty[s].sum()))
                     rec.engine_events.append((t, c.name, s.stop - s.start, float(c.notional[s].sum())))
-            for c in self.cohorts:
-                if c.kind == "perp_long":
-                    rec.oi.setdefault(c.inst, np.zeros(T))[t] += float(c.notional[c.pointer:].sum())
+            for c, tail in zip(perp_cohorts, oi_tail):
+                rec.oi[c.inst][t] += tail[c.pointer]
             if self.mms and t % 5 == 0:  # every 5 steps
                 mm_share_alive = self._check_mms(t, mid, rec)
             if progress and (t + 1) % 300 == 0:

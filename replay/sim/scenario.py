@@ -91,6 +91,11 @@ def load(path: Path | None = None) -> Scenario:
         raw = tomllib.loads(data.decode())
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(f"{p}: not valid TOML ({e})") from None
+    return from_raw(raw, p, hashlib.sha256(data).hexdigest())
+
+
+def from_raw(raw: dict[str, Any], p: Path, sha256: str) -> Scenario:
+    """Build a scenario from parsed TOML (the tuner varies `raw` in memory, then calls this)."""
     meta = raw.get("meta", {})
     day = meta.get("day", "2025-10-10")
     start = _time(day, meta.get("start", "20:30:00"), p, "meta.start")
@@ -125,7 +130,7 @@ def load(path: Path | None = None) -> Scenario:
         for k in ("name", "metric", "value", "tolerance", "unit", "source"):
             if k not in t:
                 raise ScenarioError(f"{p}: target #{n} ({t.get('name', '?')}): missing {k!r}")
-    return Scenario(p, hashlib.sha256(data).hexdigest(), raw, start, end, insts, events, targets)
+    return Scenario(p, sha256, raw, start, end, insts, events, targets)
 
 
 def at(s: Scenario, hhmmss: str) -> datetime:
