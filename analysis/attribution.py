@@ -24,7 +24,7 @@ replayed mechanism.
 
 from __future__ import annotations
 
-import sys
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -141,9 +141,11 @@ def minute_bars(db: LakeSQL, venue: str, market: str, symbol: str, start: dateti
 class ReplayMoves:
     """Value function: model moves of every leg with a subset of mechanisms on (picklable)."""
 
-    def __init__(self, lake_root: str, scenario: str, start: datetime, end: datetime, instrument: tuple[str, str, str], bounds: list[tuple[datetime, datetime]], rules: Any = None):
+    def __init__(self, lake_root: str, scenario: str, start: datetime, end: datetime, instrument: tuple[str, str, str],
+                 bounds: list[tuple[datetime, datetime]], rules: Any = None, keep: tuple[frozenset[str], str] | None = None):
         self.lake_root, self.scenario, self.start, self.end = lake_root, scenario, start, end
         self.instrument, self.bounds, self.rules = instrument, bounds, rules
+        self.keep = keep  # (subset, folder): that subset's events and model path are written there
 
     def run(self, subset: frozenset[str]):
         from crashlab.replay.engine import run_replay
@@ -164,7 +166,14 @@ class ReplayMoves:
         return model_moves(pp, self.bounds)
 
     def __call__(self, subset: frozenset[str]) -> np.ndarray:
-        return self.moves(self.run(subset).price_path)
+        res = self.run(subset)
+        if self.keep is not None and frozenset(subset) == self.keep[0]:
+            v, m, s = self.instrument
+            res.events.write_parquet(Path(self.keep[1]) / "events.parquet")
+            res.price_path.filter((pl.col("venue") == v) & (pl.col("market") == m) & (pl.col("symbol") == s)).sort("ts").write_parquet(
+                Path(self.keep[1]) / "price_path.parquet"
+            )
+        return self.moves(res.price_path)
 
 
 def _price_at(ts: list[datetime], px: np.ndarray, t: datetime) -> float:
@@ -284,14 +293,14 @@ def attribute(
     workers: int = 2,
     progress: Callable[[frozenset[str]], None] | None = None,
     db: LakeSQL | None = None,
-    mp_start: str = "fork" if sys.platform == "linux" else "spawn",
+    mp_start: str = "spawn",
 ) -> Attribution:
     """Legs, per-leg attribution, onsets and the narrative test over [start, end).
 
-    The replay pool forks (on Linux) after the in-process full replay has folded the lake into its
-    tape, so every worker inherits that tape instead of folding the lake again (measured: 17 s of
-    a 2-hour window's first replay, ~1 s per replay after; see BENCHMARKS.md). Nothing runs in the
-    parent while the pool works, so no DuckDB or Polars thread is mid-task at fork time.
+    All 2^n replays run in the process pool (spawned: a forked worker inherits DuckDB/Polars
+    thread state and was seen to deadlock); the all-mechanisms replay also writes its events to
+    a temp file, whose forced flow then feeds the stage signals and charts. Each worker folds the
+    lake into its replay tape once (the slow part of a first replay) and reuses it after.
     """
     lake = lake if isinstance(lake, Lake) else Lake.open(lake)
     chain = chain or load_chain(stages_path)
@@ -312,14 +321,13 @@ def attribute(
         flow = replay_flow_frame(replay_liquidations) if replay_liquidations is not None else None
         if scenario is not None and inst is not None and bounds:
             mechs = chain.mechanisms
-            vf = ReplayMoves(str(lake.root), str(scenario), start, end, inst, bounds)
-            full = vf.run(frozenset(mechs))  # in-process: its forced flow feeds the signals too
-            cache = {frozenset(mechs): vf.moves(full.price_path)}
-            v, m, s = inst
-            model_path = full.price_path.filter((pl.col("venue") == v) & (pl.col("market") == m) & (pl.col("symbol") == s)).sort("ts")
+            with tempfile.TemporaryDirectory(prefix="crashlab-shapley-") as tmp:
+                vf = ReplayMoves(str(lake.root), str(scenario), start, end, inst, bounds, keep=(frozenset(mechs), tmp))
+                sh = shapley(mechs, vf, workers=workers, progress=progress, mp_start=mp_start)
+                full_events = pl.read_parquet(Path(tmp) / "events.parquet")
+                model_path = pl.read_parquet(Path(tmp) / "price_path.parquet")
             if flow is None:
-                flow = replay_flow_frame(full.events)
-            sh = shapley(mechs, vf, workers=workers, cache=cache, progress=progress, mp_start=mp_start)
+                flow = replay_flow_frame(full_events)
         elif scenario is None:
             notes.append("no replay scenario: attribution uses evidence scores only (not a decomposition of the move)")
 

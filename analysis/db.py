@@ -300,8 +300,10 @@ class Forensics:
         if not files:
             con.execute(f"CREATE VIEW {name} AS {_empty_select(sch)}")
             return
+        # Files are written by the lake against the canonical schema, so no casts are needed (a
+        # cast per column would cost time on every scan); the column list fixes names and order.
         lst = ", ".join(_sql_str(os.path.abspath(f)) for f in files)
-        cols = ", ".join(f"CAST({f.name} AS {_duck_type(f.type)}) AS {f.name}" for f in sch)
+        cols = ", ".join(f.name for f in sch)
         con.execute(f"CREATE VIEW {name} AS SELECT {cols} FROM read_parquet([{lst}])")
 
     @staticmethod

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         assert sh is not None
         gap = float(abs(sh.efficiency_gap()).max()) if att.legs.height else 0.0
         done.append(dt)
-        print(f"run {i + 1}: {dt:.1f} s wall, {sh.evaluations + 1} replays ({n[0]} in the pool + 1 in-process), "
+        print(f"run {i + 1}: {dt:.1f} s wall, {sh.evaluations} replays in a pool of {a.workers}, "
               f"{att.legs.height} legs of {att.instrument}, max efficiency gap {gap:.2e}")
         print(att.legs.select("leg_id", "start_ts", "end_ts", "move_pct", "dominant_stage", "confidence", "residual_pct"))
     print(f"best {min(done):.1f} s; workers={a.workers}; cpus={os.cpu_count()}; {platform.processor() or platform.machine()}; python {sys.version.split()[0]}")

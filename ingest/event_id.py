@@ -20,11 +20,16 @@ _NULL = np.uint64(0x6A09E667F3BCC908)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
-    x = x ^ (x >> np.uint64(30))
-    x = x * _M1
-    x = x ^ (x >> np.uint64(27))
-    x = x * _M2
-    return x ^ (x >> np.uint64(31))
+    """splitmix64's finaliser, in place (x is a scratch array owned by the caller)."""
+    t = x >> np.uint64(30)
+    x ^= t
+    x *= _M1
+    np.right_shift(x, np.uint64(27), out=t)
+    x ^= t
+    x *= _M2
+    np.right_shift(x, np.uint64(31), out=t)
+    x ^= t
+    return x
 
 
 def _blake64(s: str) -> int:
@@ -42,17 +47,31 @@ def _string_image(s: pl.Series) -> np.ndarray:
     nulls = s.null_count()
     if nulls == n:
         return np.full(n, _NULL, dtype=np.uint64)
+    if not nulls and (s == s[0]).all():  # a constant column (venue, symbol): one image
+        first = s[:1]
+        i = first.cast(pl.Int64, strict=False)[0]
+        img = (int(i) & 0xFFFFFFFFFFFFFFFF) if i is not None else (_blake64(first[0]) ^ 0x5DEECE66D)
+        return np.full(n, np.uint64(img), dtype=np.uint64)
     as_int = s.cast(pl.Int64, strict=False)
     out = as_int.fill_null(0).to_numpy().astype(np.int64, copy=False).view(np.uint64).copy()
     n_text = as_int.null_count() - nulls  # non-null values that are not integers
     if n_text:
         text_mask = (as_int.is_null() & s.is_not_null())
         text = s if n_text == n else s.filter(text_mask)
-        uniq = text.unique()
-        images = pl.Series([_blake64(v) ^ 0x5DEECE66D for v in uniq.to_list()], dtype=pl.UInt64)
-        if len(uniq) == 1:
-            img = np.uint64(images[0])
-        else:
+        few = text.head(4096).unique()
+        img = None
+        if len(few) <= 8:  # sides, flags: a handful of values, one vectorised comparison each
+            img = np.zeros(len(text), dtype=np.uint64)
+            covered = np.zeros(len(text), dtype=bool)
+            for v in few.to_list():
+                m = (text == v).to_numpy()
+                img[m] = _blake64(v) ^ 0x5DEECE66D
+                covered |= m
+            if not covered.all():
+                img = None
+        if img is None:
+            uniq = text.unique()
+            images = pl.Series([_blake64(v) ^ 0x5DEECE66D for v in uniq.to_list()], dtype=pl.UInt64)
             img = text.replace_strict(uniq, images, return_dtype=pl.UInt64).to_numpy()
         if n_text == n:
             out[:] = img
@@ -72,6 +91,8 @@ def _image(s: pl.Series) -> np.ndarray:
         return v
     if dt.is_float():
         f = s.cast(pl.Float64)
+        if not f.null_count():  # read-only view is enough: the caller only reads images
+            return f.to_numpy().astype(np.float64, copy=False).view(np.uint64)
         bits = f.fill_null(float("nan")).to_numpy().astype(np.float64).view(np.uint64).copy()
         bits[f.is_null().to_numpy()] = _NULL
         return bits
@@ -80,6 +101,8 @@ def _image(s: pl.Series) -> np.ndarray:
     elif dt == pl.Date:
         s = s.to_physical()
     ints = s.cast(pl.Int64)
+    if not ints.null_count():
+        return ints.to_numpy().astype(np.int64, copy=False).view(np.uint64)
     out = ints.fill_null(0).to_numpy().astype(np.int64).view(np.uint64).copy()
     out[ints.is_null().to_numpy()] = _NULL
     return out
@@ -93,5 +116,7 @@ def event_ids(df: pl.DataFrame, columns: list[str], namespace: str) -> pl.Series
     h = np.full(len(df), np.uint64(_blake64(namespace)), dtype=np.uint64)
     with np.errstate(over="ignore"):
         for c in columns:
-            h = _mix((h * _GOLDEN) ^ _image(df[c]))
+            h *= _GOLDEN
+            h ^= _image(df[c])
+            h = _mix(h)
     return pl.Series("event_id", h.view(np.int64))

@@ -179,20 +179,23 @@ class Lake:
             return []
         name = f"{source_id}.parquet" if part is None else f"{source_id}.{part:05d}.parquet"
         venue_col = "venue" if "venue" in df.columns else None
-        keyed = df.with_columns(
-            pl.col("ts").dt.date().cast(pl.String).alias("_date"),
-            (pl.col(venue_col) if venue_col else pl.lit("_all")).alias("_venue"),
-        )
-        keys = keyed.select("_venue", "_date").unique(maintain_order=True)
-        parts = [((keys.item(0, 0), keys.item(0, 1)), keyed)] if keys.height == 1 else \
-            keyed.group_by(["_venue", "_date"], maintain_order=True)
+        lo, hi = df["ts"].min(), df["ts"].max()
+        one_venue = venue_col is None or (df[venue_col].null_count() == 0 and (df[venue_col] == df[venue_col][0]).all())
+        if lo is not None and hi is not None and lo.date() == hi.date() and one_venue and df["ts"].null_count() == 0:
+            # The usual chunk: one venue, one day. No key columns, no group_by.
+            parts = [((df[venue_col][0] if venue_col else "_all", lo.date().isoformat()), df)]
+        else:
+            keyed = df.with_columns(
+                pl.col("ts").dt.date().cast(pl.String).alias("_date"),
+                (pl.col(venue_col) if venue_col else pl.lit("_all")).alias("_venue"),
+            )
+            parts = [(k, g.drop("_date", "_venue")) for k, g in keyed.group_by(["_venue", "_date"], maintain_order=True)]
         paths = []
         for (venue, day), grp in parts:
             if venue != "_all" and (not isinstance(venue, str) or not _SAFE.match(venue)):
                 raise LakeError(f"venue {venue!r} is not a safe directory name")
             if day is None:
                 raise LakeError(f"{table}: rows without a timestamp reached the writer")
-            grp = grp.drop("_date", "_venue")
             if not grp["ts"].is_sorted():
                 grp = grp.sort("ts", maintain_order=True)
             arrow = schema.conform(table, grp.to_arrow())

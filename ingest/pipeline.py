@@ -204,8 +204,12 @@ def ingest_paths(
     options: Options | None = None,
     jobs: int = 1,
     progress=None,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> list[FileReport]:
-    """Ingest files and folders. `progress(report)` is called as each file finishes."""
+    """Ingest files and folders. `progress(report)` is called as each file finishes.
+
+    `chunk_rows` bounds memory per file for importers that stream (see `ingest_chunks`).
+    """
     options = options or Options()
     files = expand_paths([Path(p) for p in paths])
     reports: list[FileReport] = []
@@ -213,13 +217,13 @@ def ingest_paths(
         lake.recover()
         if jobs <= 1 or len(files) <= 1:
             for f in files:
-                r = ingest_file(str(lake.root), str(f), options)
+                r = ingest_file(str(lake.root), str(f), options, chunk_rows)
                 reports.append(r)
                 if progress:
                     progress(r)
         else:
             with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as ex:
-                futs = {ex.submit(ingest_file, str(lake.root), str(f), options): f for f in files}
+                futs = {ex.submit(ingest_file, str(lake.root), str(f), options, chunk_rows): f for f in files}
                 for fut in as_completed(futs):
                     r = fut.result()
                     reports.append(r)

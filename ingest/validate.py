@@ -94,14 +94,17 @@ class SeenIds:
 
     Kept as a few sorted numpy runs (merged like a binary counter), so a lookup is a binary search
     per run and memory is 16 bytes per distinct id: 30 M trades cost ~0.5 GB, not a Python set's
-    several GB. Ids are per table (the namespace is in the id, but the check stays per table).
+    several GB. The newest chunk is sorted only when the next one looks it up, so a source of one
+    chunk never pays for it. Ids are kept per table, as the duplicate check is per table.
     """
 
     def __init__(self) -> None:
         self._runs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        self._pending: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
 
     def lookup(self, table: str, ids: np.ndarray) -> np.ndarray:
         """The first unit (`_row`) of each id seen before, or -1."""
+        self._settle(table)
         out = np.full(len(ids), -1, dtype=np.int64)
         for run_ids, run_rows in self._runs.get(table, []):
             idx = np.searchsorted(run_ids, ids)
@@ -110,17 +113,24 @@ class SeenIds:
             out[hit] = run_rows[idx[hit]]
         return out
 
+    def empty(self, table: str) -> bool:
+        return not self._runs.get(table) and not self._pending.get(table)
+
     def add(self, table: str, ids: np.ndarray, rows: np.ndarray) -> None:
-        """Add ids not seen before (sorted, distinct) with their first unit."""
-        if not len(ids):
-            return
+        """Add distinct ids not seen before (any order) with their first unit."""
+        if len(ids):
+            self._pending.setdefault(table, []).append((ids, rows))
+
+    def _settle(self, table: str) -> None:
         runs = self._runs.setdefault(table, [])
-        runs.append((ids, rows))
-        while len(runs) > 1 and len(runs[-2][0]) <= 2 * len(runs[-1][0]):
-            (a_ids, a_rows), (b_ids, b_rows) = runs.pop(-2), runs.pop()
-            ids_ = np.concatenate([a_ids, b_ids])
-            order = np.argsort(ids_, kind="stable")
-            runs.append((ids_[order], np.concatenate([a_rows, b_rows])[order]))
+        for ids, rows in self._pending.pop(table, []):
+            order = np.argsort(ids)
+            runs.append((ids[order], rows[order]))
+            while len(runs) > 1 and len(runs[-2][0]) <= 2 * len(runs[-1][0]):
+                (a_ids, a_rows), (b_ids, b_rows) = runs.pop(-2), runs.pop()
+                ids_ = np.concatenate([a_ids, b_ids])
+                order = np.argsort(ids_, kind="stable")
+                runs.append((ids_[order], np.concatenate([a_rows, b_rows])[order]))
 
 
 def _duplicates(table: str, df: pl.DataFrame, bad_rows: pl.Series | None, seen: SeenIds | None) -> pl.DataFrame:
@@ -134,21 +144,32 @@ def _duplicates(table: str, df: pl.DataFrame, bad_rows: pl.Series | None, seen: 
         ok = ok.filter(~pl.col("_row").is_in(bad_rows.implode()))
     ids = ok["event_id"].to_numpy()
     rows = ok["_row"].to_numpy().astype(np.int64, copy=False)
-    order = np.lexsort((rows, ids))
-    ids_s, rows_s = ids[order], rows[order]
-    new_group = np.ones(len(ids_s), dtype=bool)
-    new_group[1:] = ids_s[1:] != ids_s[:-1]
-    group = np.cumsum(new_group) - 1
-    first = rows_s[new_group][group]  # smallest row of each id within this chunk
-    if seen is not None:
-        uniq_ids, uniq_first = ids_s[new_group], rows_s[new_group]
-        before = seen.lookup(table, uniq_ids)
+    none = pl.DataFrame(schema={"_row": pl.Int64, "reason": pl.String})
+    if ok["event_id"].n_unique() == ok.height:  # the usual case: no id twice in this chunk
+        if seen is None:
+            return none
+        before = seen.lookup(table, ids) if not seen.empty(table) else np.full(len(ids), -1, dtype=np.int64)
         earlier = before >= 0
-        first = np.where(earlier[group], before[group], first)
-        seen.add(table, uniq_ids[~earlier], uniq_first[~earlier])
-    dup = first != rows_s
+        seen.add(table, ids[~earlier], rows[~earlier])
+        if not earlier.any():
+            return none
+        first, rows_s = before, rows
+    else:
+        order = np.lexsort((rows, ids))
+        ids_s, rows_s = ids[order], rows[order]
+        new_group = np.ones(len(ids_s), dtype=bool)
+        new_group[1:] = ids_s[1:] != ids_s[:-1]
+        group = np.cumsum(new_group) - 1
+        first = rows_s[new_group][group]  # smallest row of each id within this chunk
+        if seen is not None:
+            uniq_ids, uniq_first = ids_s[new_group], rows_s[new_group]
+            before = seen.lookup(table, uniq_ids)
+            earlier = before >= 0
+            first = np.where(earlier[group], before[group], first)
+            seen.add(table, uniq_ids[~earlier], uniq_first[~earlier])
+    dup = (first >= 0) & (first != rows_s)
     if not dup.any():
-        return pl.DataFrame(schema={"_row": pl.Int64, "reason": pl.String})
+        return none
     d = pl.DataFrame({"_row": rows_s[dup], "_first": first[dup]})
     return (
         d.group_by("_row").agg(pl.col("_first").min()).sort("_row")

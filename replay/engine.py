@@ -563,6 +563,21 @@ def _lake_inputs(lake: Lake) -> list[dict]:
             for r in m.sort("source_id").iter_rows(named=True)]
 
 
+_VWAP_CACHE: dict[tuple, float | None] = {}
+
+
+def _vwap_cached(lake: Lake, inst: tuple[str, str, str], a: datetime, b: datetime) -> float | None:
+    """`state.vwap` memoised per process (an attribution replays one window 64 times; each query
+    scans every trades file), keyed by the lake's trade/bar files as they are now."""
+    files = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for t in ("trades", "bars") for f in lake.files(t))
+    key = (str(lake.root), files, inst, a, b)
+    if key not in _VWAP_CACHE:
+        if len(_VWAP_CACHE) > 256:
+            _VWAP_CACHE.clear()
+        _VWAP_CACHE[key] = vwap(lake, inst, a, b)
+    return _VWAP_CACHE[key]
+
+
 def _as_dt(t: datetime | str) -> datetime:
     return parse_ts(t) if isinstance(t, str) else (t if t.tzinfo else t.replace(tzinfo=timezone.utc))
 
@@ -630,17 +645,30 @@ def run_replay(
         if r.inst is None:
             return None
         inst = tape.instruments[r.inst]
-        v = vwap(lake, inst, start - timedelta(hours=24), start)
+        v = _vwap_cached(lake, inst, start - timedelta(hours=24), start)
         if v:
             entry_notes[":".join(key)] = f"prior-24h VWAP of {':'.join(inst)} = {v:.8g}"
             return v
-        v = vwap(lake, inst, start, min(end, start + entry_win))
+        v = _vwap_cached(lake, inst, start, min(end, start + entry_win))
         if v:
             entry_notes[":".join(key)] = (f"no trades in the prior 24 h: VWAP of {':'.join(inst)} over the "
                                           f"first {entry_win} of the window = {v:.8g}")
         return v
 
     accounts = [a for a in build_accounts(sc, price_at, vwap24) if a.stage in mech or a.stage not in MECHANISMS]
+    # A cohort account that is already liquidatable at the window start (its modelled entry, e.g. a
+    # prior-24h VWAP far above the price at the start, implies it was liquidated before the window)
+    # did not exist at the start: dropped and named in the manifest. Explicit accounts are kept.
+    explicit = {str(a["id"]) for a in sc.accounts}
+    dead_at_start: list[str] = []
+    for a in accounts:
+        if a.id in explicit:
+            continue
+        rl = rule_objs[a.rule]
+        eq0, mm0, m0 = rl.evaluate(a, {k: float(resolver.resolve(k).series[0]) for k in rl.price_keys(a)})
+        if int(np.asarray(rl.status(m0, eq0, mm0)).ravel()[0]) >= STATUS["liquidate"]:
+            dead_at_start.append(a.id)
+    accounts = [a for a in accounts if a.id not in set(dead_at_start)]
     macro = macro_time(sc, _markers(lake, start, end)) if sc.macro_shock else None
     lake_in = _lake_inputs(lake)
     code = _code_hash()
@@ -672,6 +700,7 @@ def run_replay(
                  "depth_sources": {":".join(tape.instruments[i]): s for i, s in sorted(sim.touched.items()) if s}},
         "price_notes": sorted(set(resolver.notes)),
         "entry_notes": dict(sorted(entry_notes.items())),
+        "dropped_at_start": dead_at_start,
         "accounts": [{"id": a.id, "rule": a.rule, "cohort": a.cohort, "stage": a.stage, "weight": a.weight}
                      for a in accounts],
         "summary": summarize(events, price_path),

@@ -8,23 +8,26 @@ bounded, data-derived density, the impact decays as liquidity refills, and the l
 
 1. Ladder (`extend`). A ladder is the cumulative quote notional within each distance d of the
    mid (books.GRID). Its *observed extent* d_x is the last grid point where depth still grows
-   from data (a ladder built from depth bands is continued linearly by books.py; that synthetic
-   tail is recognised and dropped). Beyond d_x depth grows at the far density
-       ρ_far = min(ρ_last, far_density_ratio · C_x / d_x)      [quote per unit of log price]
-   where C_x is the depth within d_x and ρ_last the density of the last observed segment:
-   never denser than what was seen at the edge, and a fixed fraction of the average density
-   (`far_density_ratio`, derived from Binance's BTCUSDT bookDepth: the depth added per 1 % beyond
-   ±1 % is ~0.09–0.17 × the depth within 1 %). An empty ladder has no depth at all and the
-   walk goes to the cap.
+   from data (a ladder built from depth bands is continued linearly by books.py: that synthetic
+   tail is recognised and dropped, down to 1 %, so are the linear ladders made from traded
+   notional or the default depth, which say "depth within 1 %" and nothing further). Beyond d_x
+   depth grows at the far density
+       ρ_far = min(ρ_last, far_density_ratio · D1 / 1 %)      [quote per unit of log price]
+   where D1 is the depth within 1 % (for a ladder ending closer, its average density carried to
+   1 %) and ρ_last the density of the last observed segment: never denser than what was seen at
+   the edge, and a fixed fraction of the near-mid density (`far_density_ratio`, derived from
+   Binance's BTCUSDT bookDepth: the depth added per 1 % between ±1 % and ±5 % is ~0.09–0.17 × the
+   depth within 1 %, flat in distance). An empty ladder has no depth: the walk goes to the cap.
 2. Walk in log price. Distance d on the grid is the log distance ℓ = −ln(1−d) for sells and
-   ln(1+d) for buys, so no price can reach zero; a forced sell of notional Q whose side already
-   lost `c` (depth consumed by earlier forced orders, not yet refilled) walks from ℓ0 = ℓ(c) to
-   ℓ1 = ℓ(c + Q), capped at `max_log_walk`:
+   ln(1+d) for buys, so no price can reach zero; a forced sell of notional Q walks from the
+   edge of the depth still missing on that side, ℓ0 = the transient impact not yet refilled
+   (c = depth within ℓ0 is consumed), to ℓ1 = ℓ(c + Q), capped at `max_log_walk`:
        Δ log price = −(ℓ1 − ℓ0)                        (buys: +)
        fill price  = P_now · mean over the walk of exp(−(ℓ(u) − ℓ0))
    P_now is the current margin price (recorded × overlay), so the walk is relative to it.
-3. Resilience. A fraction φ (`permanent_fraction`) of each Δ is permanent; the rest, and the
-   consumed depth c, decay with half-life h (`resilience_half_life_s`) as resting liquidity
+3. Resilience. A fraction φ (`permanent_fraction`) of each Δ is permanent (it moves the mid,
+   and the ladder is relative to the mid); the rest, and with it the consumed depth, decays with
+   half-life h (`resilience_half_life_s`) as resting liquidity
    comes back:  L(t) = perm + trans · 2^(−(t − t_last)/h).
 4. Floor. |L| never exceeds `max_log_impact` (a price is at least exp(−cap) of the recorded one):
    the part of a Δ that would cross the cap is dropped and reported (`capped`).
@@ -74,6 +77,14 @@ class Ladder:
     rho_far: float  # depth per unit log distance beyond the last observed point
     extent: float  # observed extent as a grid distance (fraction)
 
+    def depth_at(self, l: float) -> float:
+        """Cumulative depth within log distance `l` (inverse of `dist`)."""
+        if l <= 0:
+            return 0.0
+        if l <= self.l[-1] and len(self.l) > 1:
+            return float(np.interp(l, self.l, self.y))
+        return float(self.y[-1] + (l - self.l[-1]) * self.rho_far)
+
     def dist(self, u: float) -> float:
         """Log distance at which cumulative depth `u` is reached."""
         if u <= 0:
@@ -112,9 +123,10 @@ def extend(ladder: np.ndarray, side: str, far_density_ratio: float) -> Ladder:
     ls = lg[: j + 2].copy()
     keep = np.concatenate([[True], np.diff(ys) > 0])  # drop flat steps (no depth between points)
     ys, ls = ys[keep], ls[keep]
-    avg = ys[-1] / ls[-1]
-    last = (ys[-1] - ys[-2]) / (ls[-1] - ls[-2]) if len(ys) > 1 else avg
-    return Ladder(ls, ys, float(max(min(last, far_density_ratio * avg), 0.0)), float(GRID[j]))
+    # depth within 1 % (read off the ladder, or the observed average density carried to 1 %)
+    d1 = float(y[_ONE_PCT]) if j >= _ONE_PCT else ys[-1] / GRID[j] * 0.01
+    last = (ys[-1] - ys[-2]) / (ls[-1] - ls[-2]) if len(ys) > 1 else d1 / 0.01
+    return Ladder(ls, ys, float(max(min(last, far_density_ratio * d1 / 0.01), 0.0)), float(GRID[j]))
 
 
 def walk_log(lad: Ladder, consumed: float, notional: float, max_log_walk: float) -> tuple[float, float, float]:
@@ -136,10 +148,8 @@ def walk_log(lad: Ladder, consumed: float, notional: float, max_log_walk: float)
 
 @dataclass
 class _State:
-    c_bid: float = 0.0
-    c_ask: float = 0.0
     perm: float = 0.0
-    trans: float = 0.0
+    trans: float = 0.0  # signed transient log impact (sells < 0) at time t
     t: float = 0.0  # seconds since the window start of the last update
 
 
@@ -167,10 +177,7 @@ class ImpactState:
 
     def _decay(self, st: _State, t: float) -> None:
         if t > st.t:
-            f = float(self._f(t - st.t))
-            st.c_bid *= f
-            st.c_ask *= f
-            st.trans *= f
+            st.trans *= float(self._f(t - st.t))
             st.t = t
 
     def level(self, inst: int, t: float) -> float:
@@ -189,12 +196,16 @@ class ImpactState:
 
     def execute(self, inst: int, t: float, side: str, notional: float, ladder: np.ndarray) -> tuple[float, float]:
         """Walk `notional` (quote) of a `side` order; returns (fill price factor vs the current
-        price, Δ log price). The factor multiplies P_now (margin price) to give the fill price."""
+        price, Δ log price). The factor multiplies P_now (margin price) to give the fill price.
+
+        The walk starts at the depth still missing from that side: the transient impact not yet
+        refilled (the permanent part moved the mid, and the ladder is relative to the mid)."""
         st = self.states.setdefault(inst, _State(t=t))
         self._decay(st, t)
         sell = side == "sell"
         lad = extend(ladder, "sell" if sell else "buy", self.far_density_ratio)
-        consumed = st.c_bid if sell else st.c_ask
+        edge = max(-st.trans, 0.0) if sell else max(st.trans, 0.0)
+        consumed = lad.depth_at(edge)
         l0, l1, mean = walk_log(lad, consumed, max(notional, 0.0), self.max_log_walk)
         dlog = -(l1 - l0) if sell else (l1 - l0)
         factor = mean if sell else self._buy_factor(lad, consumed, notional, l0)
@@ -205,10 +216,6 @@ class ImpactState:
         if capped != dlog or l1 >= self.max_log_walk:
             self.capped += 1
         dlog = capped
-        if sell:
-            st.c_bid += notional
-        else:
-            st.c_ask += notional
         dp, dt = self.permanent_fraction * dlog, (1 - self.permanent_fraction) * dlog
         st.perm += dp
         st.trans += dt

@@ -103,6 +103,8 @@ class Folder:
         self.ask: dict[int, np.ndarray] = {}
         self.source: dict[int, str] = {}
         self.notional: dict[int, np.ndarray] = {}
+        self.band_bid: dict[int, np.ndarray] = {}  # depth_bands ladders, kept apart from book ladders
+        self.band_ask: dict[int, np.ndarray] = {}
         self.events = 0
 
     def _arr(self, d: dict, key, shape, fill, dtype=float) -> np.ndarray:
@@ -250,9 +252,7 @@ class Folder:
     def _bands(self, b: EventBatch, k: np.ndarray, idx: np.ndarray) -> None:
         inst = b.inst[idx]
         for i in np.unique(inst).tolist():
-            if self.source.get(i) == "book":
-                continue  # a real book beats bands
-            self.source[i] = "depth_bands"
+            self.source.setdefault(i, "depth_bands")
             s = idx[inst == i]
             ks = k[s]
             # one ladder per step: from the rows of the step's last snapshot timestamp
@@ -260,8 +260,16 @@ class Folder:
                 seg = s[ks == kk]
                 last = seg[b.ts[seg] == b.ts[seg][-1]]
                 lb, la = ladder_from_bands(b.price[last], b.amount[last])
-                self._arr(self.bid, i, (self.T, P), np.nan)[kk] = lb
-                self._arr(self.ask, i, (self.T, P), np.nan)[kk] = la
+                self._arr(self.band_bid, i, (self.T, P), np.nan)[kk] = lb
+                self._arr(self.band_ask, i, (self.T, P), np.nan)[kk] = la
+
+    def _ladders(self, book: dict[int, np.ndarray], bands: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+        """A book is exact near the mid but usually ends within ~1 %; bands reach ±5 %: where both
+        exist the ladder is their pointwise max (book near, bands far; both cumulative)."""
+        out = {i: _ffill2(a) for i, a in book.items()}
+        for i, a in bands.items():
+            out[i] = np.fmax(out[i], _ffill2(a)) if i in out else _ffill2(a)
+        return out
 
     def finish(self, start: datetime, end: datetime, instruments: list[Instrument], rows_read: int = 0) -> Tape:
         prices, ids = {}, {}
@@ -270,8 +278,9 @@ class Folder:
             prices[key] = _ffill(a, invalid)
             ids[key] = _ffill(self.ids[key], invalid)
         tape = Tape(start, end, self.step_us, self.T, list(instruments), prices, ids,
-                    {i: _ffill2(a) for i, a in self.bid.items()}, {i: _ffill2(a) for i, a in self.ask.items()},
-                    dict(self.source), dict(self.notional), self.events, rows_read)
+                    self._ladders(self.bid, self.band_bid), self._ladders(self.ask, self.band_ask),
+                    {i: ("book+depth_bands" if src == "book" and i in self.band_bid else src)
+                     for i, src in self.source.items()}, dict(self.notional), self.events, rows_read)
         return tape
 
 

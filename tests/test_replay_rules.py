@@ -131,3 +131,14 @@ def test_piecewise_cum_vectorised():
 def test_unknown_parameter_is_an_error():
     with pytest.raises(KeyError, match="usde_flor"):
         make_rule("binance_unified", {"usde_flor": 0.9})
+
+
+def test_brackets_apply_per_real_account_not_to_the_cohort_total():
+    """1,000 accounts of 15k USDT each sit in bracket 1 (0.4 %), whatever their total is."""
+    from crashlab.replay.rules.binance_usdm import BinanceUsdm
+
+    r = BinanceUsdm()
+    assert r.bracket_mm("BTC/USDT:USDT", 15_000_000, weight=1000) == pytest.approx(1000 * 15_000 * 0.004)
+    # one account of the same total size is deep in the brackets (by hand: 200 + 1,000 + 7,500
+    # + 225,000 + 250,000 over the 0-50k, -250k, -1M, -10M and -15M brackets)
+    assert r.bracket_mm("BTC/USDT:USDT", 15_000_000) == pytest.approx(483_700)

@@ -78,52 +78,45 @@ WHERE CASE source_table WHEN 'trades' THEN 0 WHEN 'bars' THEN 1 ELSE 2 END = bes
 
 -- Low, time of the low and drawdown from the price at `ref`, per (instrument, price_type) in [t0, t1).
 -- Trades give the exact tick; bars and point prices are used for series without trades.
--- ref_price: the last price at or before `ref` (looking back up to 6 h), else the first one after it.
+-- ref_price: the last price in the 15 minutes up to `ref`, else the first one at or after it.
+-- Each source is aggregated on its own first (cheap), then the best source per series is kept.
 CREATE MACRO instrument_lows(t0, t1, ref) AS TABLE
-WITH tr AS (
-    SELECT ts, venue, market, symbol, 'trade' AS price_type, price AS lo, price AS hi, price AS px_open,
-           price AS px_close, (TRY_CAST(trade_id AS BIGINT), event_id) AS tie, 'trades' AS source_table
-    FROM trades
-    WHERE ts >= least(_lo(t0), coalesce(CAST(ref AS TIMESTAMPTZ), _lo(t0))) - INTERVAL 6 HOUR AND ts < _hi(t1)
-), br AS (
-    SELECT b.ts, b.venue, b.market, b.symbol, b.price_type, b.low AS lo, b.high AS hi, b.open AS px_open,
-           b.close AS px_close, (NULL::BIGINT, b.event_id) AS tie, 'bars' AS source_table
-    FROM (SELECT *, min(_interval_s("interval")) OVER (PARTITION BY venue, market, symbol, price_type) AS finest
-          FROM bars
-          WHERE ts >= least(_lo(t0), coalesce(CAST(ref AS TIMESTAMPTZ), _lo(t0))) - INTERVAL 6 HOUR AND ts < _hi(t1)) b
-    WHERE _interval_s(b."interval") IS NOT DISTINCT FROM b.finest
-), pr AS (
-    SELECT ts, venue, market, symbol, price_type, price AS lo, price AS hi, price AS px_open, price AS px_close,
-           (NULL::BIGINT, event_id) AS tie, 'prices' AS source_table
-    FROM prices
-    WHERE ts >= least(_lo(t0), coalesce(CAST(ref AS TIMESTAMPTZ), _lo(t0))) - INTERVAL 6 HOUR AND ts < _hi(t1)
+WITH p AS (
+    SELECT coalesce(CAST(ref AS TIMESTAMPTZ), _lo(t0)) AS r_ts, _lo(t0) AS w_lo, _hi(t1) AS w_hi
 ), u AS (
-    SELECT * FROM tr UNION ALL SELECT * FROM br UNION ALL SELECT * FROM pr
-), keep AS (  -- a trade series beats bars/prices of the same instrument and price type
-    SELECT *, min(CASE source_table WHEN 'trades' THEN 0 WHEN 'bars' THEN 1 ELSE 2 END)
-                  OVER (PARTITION BY venue, market, symbol, price_type) AS best
-    FROM u
-), s AS (
-    SELECT * EXCLUDE (best) FROM keep
-    WHERE CASE source_table WHEN 'trades' THEN 0 WHEN 'bars' THEN 1 ELSE 2 END = best
-), w AS (
-    SELECT s.*, coalesce(CAST(ref AS TIMESTAMPTZ), _lo(t0)) AS r_ts, _lo(t0) AS w_lo FROM s
+    SELECT ts, venue, market, symbol, 'trade' AS price_type, 0 AS rank, price AS lo, price AS hi,
+           price AS px_open, price AS px_close, (TRY_CAST(trade_id AS BIGINT), event_id) AS tie
+    FROM trades, p
+    WHERE ts >= least(p.w_lo, p.r_ts - INTERVAL 15 MINUTE) AND ts < p.w_hi
+    UNION ALL
+    SELECT b.ts, b.venue, b.market, b.symbol, b.price_type, 1 AS rank, b.low, b.high, b.open, b.close,
+           (NULL::BIGINT, b.event_id)
+    FROM (SELECT *, min(_interval_s("interval")) OVER (PARTITION BY venue, market, symbol, price_type) AS finest
+          FROM bars, p WHERE ts >= least(p.w_lo, p.r_ts - INTERVAL 15 MINUTE) AND ts < p.w_hi) b
+    WHERE _interval_s(b."interval") IS NOT DISTINCT FROM b.finest
+    UNION ALL
+    SELECT ts, venue, market, symbol, price_type, 2 AS rank, price, price, price, price, (NULL::BIGINT, event_id)
+    FROM prices, p
+    WHERE ts >= least(p.w_lo, p.r_ts - INTERVAL 15 MINUTE) AND ts < p.w_hi
 ), agg AS (
-    SELECT venue, market, symbol, price_type, any_value(source_table) AS source_table,
-        any_value(r_ts) AS ref_ts,
-        coalesce(arg_max(px_close, (ts, tie)) FILTER (WHERE ts <= r_ts),
-                 arg_min(px_open, (ts, tie)) FILTER (WHERE ts >= w_lo)) AS ref_price,
-        min(lo) FILTER (WHERE ts >= w_lo) AS low,
-        arg_min(ts, (lo, ts)) FILTER (WHERE ts >= w_lo) AS low_ts,
-        max(hi) FILTER (WHERE ts >= w_lo) AS high,
-        arg_max(px_close, (ts, tie)) FILTER (WHERE ts >= w_lo) AS close,
-        count(*) FILTER (WHERE ts >= w_lo) AS n
-    FROM w GROUP BY venue, market, symbol, price_type
+    SELECT venue, market, symbol, price_type, rank,
+        any_value(p.r_ts) AS ref_ts,
+        coalesce(arg_max(px_close, (ts, tie)) FILTER (WHERE ts <= p.r_ts),
+                 arg_min(px_open, (ts, tie)) FILTER (WHERE ts >= p.r_ts)) AS ref_price,
+        min(lo) FILTER (WHERE ts >= p.w_lo) AS low,
+        arg_min(ts, (lo, ts)) FILTER (WHERE ts >= p.w_lo) AS low_ts,
+        max(hi) FILTER (WHERE ts >= p.w_lo) AS high,
+        arg_max(px_close, (ts, tie)) FILTER (WHERE ts >= p.w_lo) AS close,
+        count(*) FILTER (WHERE ts >= p.w_lo) AS n
+    FROM u, p GROUP BY venue, market, symbol, price_type, rank
 )
-SELECT venue, market, symbol, _asset(symbol) AS asset, price_type, source_table, ref_ts, ref_price,
+SELECT venue, market, symbol, _asset(symbol) AS asset, price_type,
+       CASE rank WHEN 0 THEN 'trades' WHEN 1 THEN 'bars' ELSE 'prices' END AS source_table, ref_ts, ref_price,
        low, low_ts, (low / ref_price - 1) * 100 AS drawdown_pct, high, close,
        (close / low - 1) * 100 AS rebound_pct, n
-FROM agg WHERE n > 0;
+FROM agg
+WHERE n > 0
+QUALIFY rank = min(rank) OVER (PARTITION BY venue, market, symbol, price_type);
 
 -- Every depth_bands sample in [t0, t1) with its quality flags:
 --   crossed: a bid band whose average price is above the lowest ask band price of the same sample;

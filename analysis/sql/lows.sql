@@ -8,7 +8,7 @@
 -- param: price_type text null only this price type (trade, mark, index, pool, ...)
 --
 -- low_ts is the first time the low printed. ref_price is the last price at or before ref (looking
--- back up to 6 h), else the first price after it. drawdown_pct = low / ref_price - 1, in %.
+-- back 15 minutes), else the first price after it. drawdown_pct = low / ref_price - 1, in %.
 -- rebound_pct = close / low - 1. A series with trades is measured on trades (exact ticks);
 -- series without trades on bars (low_ts then has the bar's resolution) or point prices.
 SELECT *

@@ -33,6 +33,7 @@ from __future__ import annotations
 import re
 from datetime import date
 from pathlib import Path
+from typing import Iterator
 
 import polars as pl
 
@@ -327,3 +328,71 @@ def parse(path: Path, options: Options) -> Parsed:
         tables = {"bars": _klines(work, ins, native, interval, price_type)}
     rej = pl.concat(rejected, how="vertical_relaxed").unique("_row", keep="first", maintain_order=True)
     return Parsed(format=fmt, rows_read=df.height, tables=tables, rejected=rej, day=day, decisions=decisions, raw=df)
+
+
+def iter_parse(path: Path, options: Options, chunk_rows: int) -> Iterator[Parsed]:
+    """Trades and aggTrades (the big archives) in chunks of `chunk_rows` lines; other kinds whole.
+
+    Same decisions and rows as `parse`: the market comes from the name, folders and first line,
+    and the timestamp unit is checked over the whole file after the last chunk.
+    """
+    m = _NAME.match(path.name)
+    if m is None or m.group("kind") not in ("trades", "aggTrades"):
+        yield parse(path, options)
+        return
+    native, kind, day_text = m.group("symbol"), m.group("kind"), m.group("date")
+    decisions: dict = {}
+    if path.name.lower().endswith(".zip"):
+        decisions["checksum"] = c.verify_checksum(path) if options.verify_checksum else "not checked (--no-verify)"
+    day = c.file_day(path)
+    fmt = f"binance.{kind}"
+    first = c.first_line(c.head_bytes(path))
+    header = bool(first) and _has_header(first)
+    decisions["header"] = header
+    market, basis = _decide_market(path, kind, native, first, header, options)
+    if not first:
+        decisions["empty"] = "no rows in the file"
+        yield Parsed(format=fmt, rows_read=0, tables={}, day=day, decisions=decisions)
+        return
+    ts_col = "transact_time" if kind == "aggTrades" else "time"
+    width = len(first.split(","))
+    decisions.update(market=market, market_basis=basis)
+    try:
+        ins = binance_vision(market, native)
+    except UnknownSymbol as e:
+        raise FormatError(path, str(e)) from None
+    if ins.contract_size:
+        decisions["contract_size"] = f"{ins.contract_size:g} USD per contract"
+    cols = _columns(kind, market, width)
+    if width != len(cols):
+        raise FormatError(path, f"{width} columns, expected {len(cols)} for {market} {kind}: {','.join(cols)}", 1)
+    if header:
+        _check_header(path, first, cols)
+    expected = _expected_unit(market, day)
+    evidence: dict[str, int] = {}
+    for df in c.iter_csv_strings(path, cols, header=header, chunk_rows=chunk_rows):
+        _, chunk_evidence = c.decide_unit(df.select(c.integer(ts_col)).to_series())
+        for k, v in chunk_evidence.items():
+            evidence[k] = evidence.get(k, 0) + v
+        majority = _majority(evidence)
+        decisions.update(ts_unit=majority, ts_unit_rows=dict(evidence), ts_unit_expected=expected)
+        unit = None if majority is None else expected  # a wrong majority is refused after the last chunk
+        work = df.with_columns(c.integer(ts_col).alias("_ts_i")).with_columns(c.to_utc_us("_ts_i", unit).alias("_ts"))
+        rejected = [c.empty_rejected(), c.unit_rejections(work, "_ts_i", unit, ts_col),
+                    c.rejections(work, c.boolean("is_buyer_maker").is_null(), "is_buyer_maker is not true/false")]
+        rej = pl.concat(rejected, how="vertical_relaxed").unique("_row", keep="first", maintain_order=True)
+        yield Parsed(format=fmt, rows_read=df.height, tables={"trades": _trades(work, kind, ins, native)},
+                     rejected=rej, day=day, decisions=decisions, raw=df)
+    unit = _majority(evidence)
+    if unit is not None and unit != expected:
+        raise FormatError(
+            path,
+            f"timestamps are in {c.UNIT_NAMES[unit]} ({evidence}) but {market} files dated {day_text} are in "
+            f"{c.UNIT_NAMES[expected]}: wrong market or a damaged file",
+        )
+
+
+def _majority(evidence: dict[str, int]) -> str | None:
+    """The unit of most rows, as `common.decide_unit` ranks them (count, then name)."""
+    ranked = sorted(((-n, u) for u, n in evidence.items() if u != "None"), key=lambda x: x)
+    return ranked[0][1] if ranked else None

@@ -220,7 +220,7 @@ def iter_csv_strings(path: Path, names: list[str], *, header: bool, chunk_rows: 
         for off in range(0, max(df.height, 1), chunk_rows):
             yield df.slice(off, chunk_rows)
         return
-    rows_before, lines_before, yielded = 0, 1 if header else 0, False
+    rows_before, yielded = 1 if header else 0, False
     with open_stream(path) as fh:
         try:
             if header:
@@ -229,9 +229,6 @@ def iter_csv_strings(path: Path, names: list[str], *, header: bool, chunk_rows: 
                 if yielded and not data.strip():
                     continue
                 df = read_csv_strings(path, data, names, header=False, line_offset=rows_before)
-                if header:
-                    df = df.with_columns(pl.col("_row") + 1)
-                lines_before += data.count(b"\n")
                 rows_before += df.height
                 yielded = True
                 yield df
@@ -263,6 +260,22 @@ def decide_unit(ints: pl.Series) -> tuple[str | None, dict[str, int]]:
     return majority, evidence
 
 
+def all_in_unit(df: pl.DataFrame, col: str) -> str | None:
+    """The unit every non-null value of an integer column has, judged from its min and max, or None.
+
+    A cheap test that lets the usual file (every timestamp in one unit) skip the per-row unit
+    expressions; the bounds keep a margin so float rounding in `unit_expr` cannot disagree.
+    """
+    s = df[col]
+    if s.null_count() == len(s):
+        return None
+    lo, hi = s.min(), s.max()
+    for unit, b_lo, b_hi in _UNIT_BOUNDS:
+        if lo >= b_lo + 1024 and hi < b_hi - 1024:  # type: ignore[operator]
+            return unit
+    return None
+
+
 def to_utc_us(col: str, unit: str | None) -> pl.Expr:
     """Epoch integers in the file's unit -> timestamp[us, UTC]; rows in another unit become null."""
     if unit is None:
@@ -275,7 +288,7 @@ def to_utc_us(col: str, unit: str | None) -> pl.Expr:
 
 def unit_rejections(df: pl.DataFrame, col: str, unit: str | None, label: str | None = None) -> pl.DataFrame:
     """Rows whose timestamp is in another unit than the file's, with the reason."""
-    if df.height == 0 or unit is None:
+    if df.height == 0 or unit is None or all_in_unit(df, col) == unit or df[col].null_count() == df.height:
         return empty_rejected()
     u = unit_expr(col)
     return df.filter(pl.col(col).is_not_null() & (u.is_null() | (u != unit))).select(
@@ -297,7 +310,10 @@ def empty_rejected() -> pl.DataFrame:
 def rejections(df: pl.DataFrame, cond: pl.Expr, reason: pl.Expr | str) -> pl.DataFrame:
     """`_row, reason, raw` for the rows matching `cond` (raw is filled by the pipeline from Parsed.raw)."""
     r = pl.lit(reason) if isinstance(reason, str) else reason
-    return df.filter(cond).select("_row", r.cast(pl.String).alias("reason"), pl.lit(None, dtype=pl.String).alias("raw"))
+    hit = df.select(cond.fill_null(False).alias("_hit"))["_hit"] if df.height else None
+    if hit is None or not hit.any():
+        return empty_rejected()
+    return df.filter(hit).select("_row", r.cast(pl.String).alias("reason"), pl.lit(None, dtype=pl.String).alias("raw"))
 
 
 def num(col: str) -> pl.Expr:
@@ -311,6 +327,9 @@ def integer(col: str) -> pl.Expr:
 
 def unit_counts(lf: pl.LazyFrame | pl.DataFrame, col: str) -> tuple[str | None, dict[str, int]]:
     """Like `decide_unit`, for an integer column of a frame, in one pass."""
+    if isinstance(lf, pl.DataFrame) and (same := all_in_unit(lf, col)) is not None:
+        n = lf.height - lf[col].null_count()
+        return same, {same: n}
     u = unit_expr(col)
     names = [n for n, _, _ in _UNIT_BOUNDS]
     row = lf.lazy().select(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Iterator
 
 import polars as pl
 
@@ -84,7 +85,11 @@ def _data_type(path: Path, header: list[str]) -> str:
 
 def _instruments(path: Path, df: pl.DataFrame) -> pl.DataFrame:
     """One row per (exchange, symbol) with its mapping, or the reason it cannot be mapped."""
-    pairs = df.select("exchange", "symbol").unique().drop_nulls("exchange")
+    ex, sy = df["exchange"], df["symbol"]
+    if df.height and ex.null_count() == 0 and sy.null_count() == 0 and (ex == ex[0]).all() and (sy == sy[0]).all():
+        pairs = df.select("exchange", "symbol").head(1)  # one instrument per file, as Tardis writes them
+    else:
+        pairs = df.select("exchange", "symbol").unique().drop_nulls("exchange")
     rows = []
     for ex, sym in pairs.iter_rows():
         try:
@@ -129,22 +134,27 @@ _ID = [
 
 def _side(col: str) -> pl.Expr:
     """Taker side; `unknown` is null, anything else unexpected is kept so validation names it."""
-    return pl.col(col).replace_strict({"buy": "buy", "sell": "sell", "unknown": None, "": None}, default=pl.col(col))
+    return pl.when(pl.col(col).is_in(["unknown", ""])).then(None).otherwise(pl.col(col))
 
 
 def _trades(df: pl.DataFrame, liquidations: bool) -> dict[str, pl.DataFrame]:
-    price, amount = c.num("price"), c.num("amount")
-    base = base_amount(amount, price)
+    df = df.with_columns(c.num("price").alias("_p"), c.num("amount").alias("_a"))  # parse text once
+    price, amount = pl.col("_p"), pl.col("_a")
+    if df.height and df["_unit"].null_count() == df.height:  # spot / linear: amounts are base already
+        base: pl.Expr = amount
+        quote = price * amount
+    else:
+        base, quote = base_amount(amount, price), quote_amount(amount, price)
     common = [pl.col("_row"), *_ID, pl.col("_local").alias("local_ts")]
     if liquidations:
         out = df.select(
             *common, _side("side").alias("side"), price.alias("price"), base.alias("amount"),
-            quote_amount(amount, price).alias("quote_amount"), pl.lit(None, dtype=pl.String).alias("account"),
+            quote.alias("quote_amount"), pl.lit(None, dtype=pl.String).alias("account"),
         )
         return {"liquidations": out}
     out = df.select(
         *common, pl.col("id").alias("trade_id"), _side("side").alias("side"), price.alias("price"),
-        base.alias("amount"), quote_amount(amount, price).alias("quote_amount"),
+        base.alias("amount"), quote.alias("quote_amount"),
         pl.lit(None, dtype=pl.Boolean).alias("is_liquidation"),
     )
     return {"trades": out}
@@ -197,15 +207,14 @@ def _ticker(df: pl.DataFrame) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
     return tables, c.rejections(empty, pl.lit(True), "ticker line carries no value")
 
 
-def parse(path: Path, options: Options) -> Parsed:
+def _open(path: Path) -> tuple[str, list[str], dict]:
+    """(data type, columns, decisions) from the name and header; '' if the file is empty."""
     data = c.head_bytes(path)
     m = _NAME.match(path.name)
-    day = c.file_day(path)
     decisions: dict = {"header": True}
     if not data.strip():
-        dtype = m.group("dtype") if m else "trades"
         decisions.update(empty="Tardis writes an empty file when there is no data")
-        return Parsed(format=f"tardis.{dtype}", rows_read=0, tables={}, day=day, decisions=decisions)
+        return "", [m.group("dtype") if m else "trades"], decisions
     header = c.first_line(data).split(",")
     dtype = _data_type(path, header)
     expected = COLUMNS[dtype]
@@ -213,16 +222,35 @@ def parse(path: Path, options: Options) -> Parsed:
         raise FormatError(
             path, f"header does not match Tardis {dtype}: got {','.join(header)[:120]!r}, expected {','.join(expected)[:120]!r}", 1
         )
-    df = c.read_csv_strings(path, None if path.name.lower().endswith((".gz", ".csv")) else c.read_bytes(path), expected, header=True)
     decisions.update(data_type=dtype)
     if m:
         decisions["exchange_in_name"] = m.group("exchange")
+    return dtype, expected, decisions
+
+
+def _utc(df: pl.DataFrame, col: str, unit: str | None) -> pl.Expr:
+    """µs integers -> timestamps; a plain cast when every value is in µs (the usual file)."""
+    if unit == "us" and c.all_in_unit(df, col) == "us":
+        return pl.col(col).cast(pl.Datetime("us", "UTC"))
+    return c.to_utc_us(col, unit)
+
+
+def _unit_check(path: Path, unit: str | None, evidence: dict[str, int]) -> None:
+    if unit not in (None, "us"):
+        raise FormatError(path, f"timestamps are in {c.UNIT_NAMES[unit]} by magnitude ({evidence}); Tardis files are in µs")
+
+
+def _convert(path: Path, df: pl.DataFrame, dtype: str, decisions: dict, evidence: dict[str, int] | None) -> Parsed:
+    """Canonical tables from the text rows of a whole file (`evidence` None) or of one chunk.
+
+    For a chunk, `evidence` accumulates the per-unit row counts over the chunks so far; rows are
+    converted as µs (the only unit a Tardis file may have) and the majority is checked at the end.
+    """
     ins = _instruments(path, df)
-    exchanges = sorted(ins["exchange"].unique().to_list())
-    decisions["exchanges"] = exchanges
+    decisions["exchanges"] = sorted(set(decisions.get("exchanges", [])) | set(ins["exchange"].unique().to_list()))
     sizes = {r["symbol"]: f"{r['_size']:g} {r['_unit']}" for r in ins.iter_rows(named=True) if r["_size"] is not None}
     if sizes:
-        decisions["contract_size"] = sizes
+        decisions["contract_size"] = {**decisions.get("contract_size", {}), **sizes}
         decisions["amount"] = "contracts converted to base: contracts × size / price (quote-sized) or × size (base-sized)"
     if ins.height == 1:  # the usual one-instrument file: constants instead of a join
         lits = [pl.lit(v, dtype=ins.schema[k]).alias(k) for k, v in ins.row(0, named=True).items() if k.startswith("_")]
@@ -230,11 +258,17 @@ def parse(path: Path, options: Options) -> Parsed:
     else:
         lf = df.lazy().join(ins.lazy(), on=["exchange", "symbol"], how="left", maintain_order="left")
     work = lf.with_columns(c.integer("timestamp").alias("_ts_i"), c.integer("local_timestamp").alias("_local_i")).collect()
-    unit, evidence = c.unit_counts(work, "_ts_i")
-    decisions.update(ts_unit=unit, ts_unit_rows=evidence)
-    if unit not in (None, "us"):
-        raise FormatError(path, f"timestamps are in {c.UNIT_NAMES[unit]} by magnitude ({evidence}); Tardis files are in µs")
-    work = work.with_columns(c.to_utc_us("_ts_i", unit).alias("_ts"), c.to_utc_us("_local_i", unit).alias("_local"))
+    unit, chunk_evidence = c.unit_counts(work, "_ts_i")
+    if evidence is None:
+        decisions.update(ts_unit=unit, ts_unit_rows=chunk_evidence)
+        _unit_check(path, unit, chunk_evidence)
+    else:
+        for k, v in chunk_evidence.items():
+            evidence[k] = evidence.get(k, 0) + v
+        ranked = sorted((v, k) for k, v in evidence.items() if k != "none")
+        decisions.update(ts_unit=ranked[-1][1] if ranked else None, ts_unit_rows=dict(evidence))
+        unit = "us" if ranked else None
+    work = work.with_columns(_utc(work, "_ts_i", unit).alias("_ts"), _utc(work, "_local_i", unit).alias("_local"))
     rejected = [
         c.rejections(work, pl.col("exchange").is_null(), "missing exchange"),
         c.rejections(work, pl.col("_sym_err").is_not_null(), pl.col("_sym_err")),
@@ -262,7 +296,38 @@ def parse(path: Path, options: Options) -> Parsed:
         rows_read=df.height,
         tables=tables,
         rejected=rej,
-        day=day,
+        day=c.file_day(path),
         decisions=decisions,
         raw=df,
     )
+
+
+def parse(path: Path, options: Options) -> Parsed:
+    dtype, expected, decisions = _open(path)
+    if not dtype:
+        return Parsed(format=f"tardis.{expected[0]}", rows_read=0, tables={}, day=c.file_day(path), decisions=decisions)
+    df = c.read_csv_strings(path, None if path.name.lower().endswith((".gz", ".csv")) else c.read_bytes(path), expected, header=True)
+    return _convert(path, df, dtype, decisions, None)
+
+
+#: Lines of a book-snapshot file make 2 rows per level: fewer lines per chunk keep memory flat.
+_FANOUT = {"book_snapshot_25": 50, "book_snapshot_5": 10}
+
+
+def iter_parse(path: Path, options: Options, chunk_rows: int) -> Iterator[Parsed]:
+    """`parse` in chunks of about `chunk_rows` output rows (file order), for files of any size.
+
+    The timestamp unit is checked over the whole file, after the last chunk, exactly as `parse`
+    does (the only difference: if the first chunks hold no plausible epoch time at all while later
+    ones do, their rows are rejected as 'missing timestamp' rather than 'no epoch unit').
+    """
+    dtype, expected, decisions = _open(path)
+    if not dtype:
+        yield Parsed(format=f"tardis.{expected[0]}", rows_read=0, tables={}, day=c.file_day(path), decisions=decisions)
+        return
+    evidence: dict[str, int] = {}
+    lines = max(1, chunk_rows // _FANOUT.get(dtype, 1))
+    for df in c.iter_csv_strings(path, expected, header=True, chunk_rows=lines):
+        yield _convert(path, df, dtype, decisions, evidence)
+    ranked = sorted((v, k) for k, v in evidence.items() if k != "none")
+    _unit_check(path, ranked[-1][1] if ranked else None, evidence)

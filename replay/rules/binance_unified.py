@@ -88,22 +88,29 @@ class BinanceUnified(Rule):
             return p
         return prices[("spot", self.venue, asset)]
 
-    def collateral_value(self, asset: str, value: Num) -> Num:
-        """min(value·CR, value) with flat or tiered CR; negative values (loans) at full value."""
+    def collateral_value(self, asset: str, value: Num, weight: float = 1.0) -> Num:
+        """min(value·CR, value) with flat or tiered CR; negative values (loans) at full value.
+
+        Tiers apply per real account, so a representative of `weight` accounts is haircut on its
+        per-account value."""
         default = 1.0 if asset in CASH_ASSETS else self.params["default_collateral_ratio"]
         spec = self.params["collateral_ratios"].get(asset, default)
         v = np.asarray(value, dtype=float)
         pos = np.maximum(v, 0.0)
         if isinstance(spec, Mapping):
-            hair = piecewise_cum(pos, list(spec["bounds"]), list(spec["rates"]))
+            w = max(float(weight), 1e-12)
+            hair = w * piecewise_cum(pos / w, list(spec["bounds"]), list(spec["rates"]))
         else:
             hair = pos * float(spec)
         out = np.minimum(hair, pos) + np.minimum(v, 0.0)
         return float(out) if np.ndim(out) == 0 else out
 
-    def bracket_mm(self, symbol: str, notional: Num) -> Num:
+    def bracket_mm(self, symbol: str, notional: Num, weight: float = 1.0) -> Num:
+        """Brackets apply per real account: a representative of `weight` accounts pays `weight`
+        times the bracket of its per-account notional, not the bracket of the group's total."""
         br = self.params["mm_brackets"].get(symbol) or self.params["mm_brackets"]["default"]
-        return piecewise_cum(notional, list(br["bounds"]), list(br["rates"]))
+        w = max(float(weight), 1e-12)
+        return w * piecewise_cum(np.asarray(notional, dtype=float) / w, list(br["bounds"]), list(br["rates"]))
 
     # ---- the metric --------------------------------------------------------------------------
     def evaluate(self, account: Account, prices: Mapping[PriceKey, Num]) -> tuple[Num, Num, Num]:
@@ -113,7 +120,7 @@ class BinanceUnified(Rule):
             if q == 0:
                 continue
             p = self.asset_price(asset, prices)
-            eq = eq + self.collateral_value(asset, q * p)
+            eq = eq + self.collateral_value(asset, q * p, account.weight)
             if q < 0 and asset not in CASH_ASSETS:
                 mm = mm + abs(q) * p * float(self.params["loan_mmr"])
             elif q < 0:
@@ -121,7 +128,7 @@ class BinanceUnified(Rule):
         for sym, pos in account.positions.items():
             mark = prices[("mark", self.venue, sym)]
             eq = eq + position_pnl(pos, mark)
-            mm = mm + self.bracket_mm(sym, np.abs(pos.qty * mark))
+            mm = mm + self.bracket_mm(sym, np.abs(pos.qty * mark), account.weight)
         mm_arr = np.asarray(mm, dtype=float)
         with np.errstate(divide="ignore", invalid="ignore"):
             metric = np.where(mm_arr > 0, np.asarray(eq) / np.where(mm_arr > 0, mm_arr, 1.0), np.inf)

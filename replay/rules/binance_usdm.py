@@ -36,9 +36,12 @@ class BinanceUsdm(Rule):
     def price_keys(self, account: Account) -> list[PriceKey]:
         return [("mark", self.venue, s) for s in sorted(account.positions)]
 
-    def bracket_mm(self, symbol: str, notional: Num) -> Num:
+    def bracket_mm(self, symbol: str, notional: Num, weight: float = 1.0) -> Num:
+        """Brackets apply per real account: a representative of `weight` accounts pays `weight`
+        times the bracket of its per-account notional, not the bracket of the group's total."""
         br = self.params["mm_brackets"].get(symbol) or self.params["mm_brackets"]["default"]
-        return piecewise_cum(notional, list(br["bounds"]), list(br["rates"]))
+        w = max(float(weight), 1e-12)
+        return w * piecewise_cum(np.asarray(notional, dtype=float) / w, list(br["bounds"]), list(br["rates"]))
 
     def parts(self, account: Account, prices: Mapping[PriceKey, Num]) -> list[tuple[str | None, Num, Num]]:
         """(symbol or None for the cross part, equity, MM) per margin unit of the account."""
@@ -49,7 +52,7 @@ class BinanceUsdm(Rule):
         for sym in sorted(account.positions):
             pos = account.positions[sym]
             mark = prices[("mark", self.venue, sym)]
-            mm = self.bracket_mm(sym, np.abs(pos.qty * mark))
+            mm = self.bracket_mm(sym, np.abs(pos.qty * mark), account.weight)
             pnl = position_pnl(pos, mark)
             if pos.margin is not None:
                 out.append((sym, pos.margin + pnl, mm))

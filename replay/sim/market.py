@@ -135,6 +135,9 @@ class Market:
         self.f_ask = np.ones(n)
         self.leader = sc.index(r["leader"])
         self.r = r
+        # risk limits cut on the headline itself, before prices move much (crash_facts C8)
+        self.head_cut = float(r.get("headline_cut", 0.0))
+        self.head_ramp = float(r.get("headline_ramp_s", 300.0)) / dt
         self.is_bspot = np.array([i.venue == "binance" and i.market == "spot" for i in ins])
         # books whose MM fills stay in the MM's unified account (alts, collateral tokens); majors are
         # assumed delta-hedged on perps, so their fills do not change the account's risk
@@ -287,8 +290,10 @@ class Market:
             stress = np.abs(self.vol) / self.base_vol
             stress = np.maximum(stress, float(r["firm_wide"]) * stress[self.leader])
             ex = np.maximum(stress - float(r["stress0"]), 0.0)
-            tb = np.maximum(self.floor_bid, np.exp(-float(r["alpha_bid"]) * ex))
-            ta = np.maximum(self.floor_ask, np.exp(-float(r["alpha_ask"]) * ex))
+            head = 1.0 - self.head_cut * (1.0 - math.exp(-max(0.0, t - self.t_post) / self.head_ramp)) \
+                if t >= self.t_post else 1.0
+            tb = np.maximum(self.floor_bid, head * np.exp(-float(r["alpha_bid"]) * ex))
+            ta = np.maximum(self.floor_ask, head * np.exp(-float(r["alpha_ask"]) * ex))
             for f, tgt in ((self.f_bid, tb), (self.f_ask, ta)):
                 f += (tgt - f) * np.where(tgt < f, self.k_down, self.k_up)
             of = float(r["organic_floor"])
