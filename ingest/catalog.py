@@ -41,7 +41,7 @@ def catalog(lake: Lake, gap: timedelta = timedelta(minutes=5)) -> pl.DataFrame:
                coalesce(median(dt) / 1e6, 0) AS median_spacing_s
         FROM d GROUP BY venue, market, symbol ORDER BY venue, market, symbol
         """
-        parts.append(con.execute(q, {"paths": paths}).pl())
+        parts.append(pl.from_arrow(con.sql(q, params={"paths": paths}).to_arrow_table()))
     con.close()
     if not parts:
         return pl.DataFrame(
@@ -62,7 +62,7 @@ def gap_list(lake: Lake, table: str, gap: timedelta = timedelta(minutes=5)) -> p
     con = duckdb.connect()
     con.execute("SET TimeZone='UTC'")
     gap_us = int(gap.total_seconds() * 1_000_000)
-    df = con.execute(
+    df = con.sql(
         f"""
         SELECT venue, market, symbol, prev_ts AS gap_start, ts AS gap_end,
                (epoch_us(ts) - epoch_us(prev_ts)) / 1e6 AS seconds
@@ -72,7 +72,8 @@ def gap_list(lake: Lake, table: str, gap: timedelta = timedelta(minutes=5)) -> p
         WHERE epoch_us(ts) - epoch_us(prev_ts) > {gap_us}
         ORDER BY venue, market, symbol, gap_start
         """,
-        {"paths": files},
-    ).pl()
+        params={"paths": files},
+    ).to_arrow_table()
+    df = pl.from_arrow(df)
     con.close()
     return df

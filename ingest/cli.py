@@ -85,7 +85,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 r.first_ts.strftime("%Y-%m-%d %H:%M:%S") if r.first_ts else "",
                 r.last_ts.strftime("%Y-%m-%d %H:%M:%S") if r.last_ts else "",
             )
-        Console().print(t)
+        _console().print(t)
         n = {s: sum(r.status == s for r in reports) for s in ("written", "already ingested", "error")}
         q = sum(r.rows_quarantined for r in reports)
         console.print(
@@ -115,17 +115,23 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     if df.height == 0:
         Console().print(f"the lake at {lake.root} is empty: try `crashlab ingest PATH` or `crashlab demo`")
         return 0
-    t = Table(title=f"lake {lake.root}")
+    t = Table(title=f"lake {lake.root}", caption="gaps: stretches with no row inside an instrument's span; compare with its usual spacing")
     for col in ["table", "venue", "market", "symbol", "rows", "first ts", "last ts", f"gaps >{args.gap}", "longest gap", "spacing"]:
-        t.add_column(col, justify="right" if col in ("rows", "longest gap", "spacing") or col.startswith("gaps") else "left")
+        t.add_column(col, no_wrap=True, justify="right" if col in ("rows", "longest gap", "spacing") or col.startswith("gaps") else "left")
     for r in df.iter_rows(named=True):
         t.add_row(
             r["table"], r["venue"], r["market"], r["symbol"], f"{r['rows']:,}",
-            r["first_ts"].strftime("%Y-%m-%d %H:%M:%S"), r["last_ts"].strftime("%Y-%m-%d %H:%M:%S"),
+            r["first_ts"].strftime("%Y-%m-%d %H:%M"), r["last_ts"].strftime("%Y-%m-%d %H:%M"),
             f"[yellow]{r['gaps']}[/]" if r["gaps"] else "0", _dur(r["longest_gap_s"]), _dur(r["median_spacing_s"]),
         )
-    Console().print(t)
+    _console().print(t)
     return 0
+
+
+def _console() -> Console:
+    """Tables stay readable when piped: no narrower than 140 columns."""
+    c = Console()
+    return c if c.is_terminal else Console(width=max(c.width, 140))
 
 
 def _dur(s: float) -> str:

@@ -17,6 +17,7 @@ IMPORTERS = (
     "binance_vision",
     "hyperliquid",
     "uniswap_pool",
+    "markers",
     "generic_bars",
 )
 

@@ -104,3 +104,27 @@ def test_real_report_renders_in_chromium(real_report, tmp_path):
     drawn = len(re.findall(r'<svg[^>]*class="marks"', dom))
     assert drawn == len(res.charts), f"vega-embed drew {drawn} of {len(res.charts)} charts offline"
     assert ">chart error" not in dom
+
+
+def test_shapley_over_real_replays_is_efficient(real_report, tmp_path):
+    """Two mechanisms (4 replays of the real window): shares + residual add up to the recorded move."""
+    res, run = real_report
+    if run is None:
+        pytest.skip("crashlab.replay not importable")
+    from crashlab.analysis.attribution import attribute
+    from crashlab.analysis.stages import DEFAULT_STAGES, load_chain
+
+    text = DEFAULT_STAGES.read_text()
+    for m in ("collateral_depeg", "onchain_loops", "mm_unified_liquidation", "liquidity_withdrawal"):
+        text = text.replace(f'mechanism = "{m}"', 'mechanism = ""')
+    (tmp_path / "two.toml").write_text(text)
+    chain = load_chain(tmp_path / "two.toml")
+    assert chain.mechanisms == ["macro_shock", "leverage_flush"]
+    att = attribute(res.out_dir.parent / "lake", START, END, chain=chain,
+                    scenario=REPO / "data" / "scenarios" / "oct10.toml", workers=1)
+    assert att.mode == "shapley" and att.shapley.evaluations == 4
+    rows = att.attribution.filter(pl.col("contribution_pct").is_not_null())
+    sums = rows.group_by("leg_id").agg(pl.col("contribution_pct").sum()).join(att.legs.select("leg_id", "move_pct"), on="leg_id")
+    for r in sums.iter_rows(named=True):
+        assert r["contribution_pct"] == pytest.approx(r["move_pct"], abs=1e-9)
+    assert set(att.attribution.filter(pl.col("stage") == "risk_off")["method"]) == {"evidence"}
