@@ -43,8 +43,10 @@ def _iso(df: pl.DataFrame, *cols: str) -> pl.DataFrame:
     )
 
 
-def _x(field: str = "ts", title: str = "time (UTC)") -> alt.X:
-    return alt.X(f"{field}:T", title=title, scale=alt.Scale(type="utc"), axis=alt.Axis(format="%H:%M", labelAngle=0))
+def _x(field: str = "ts", title: str = "time (UTC)", window: tuple[datetime, datetime] | None = None) -> alt.X:
+    """A UTC time axis; with `window`, the axis spans the whole window even if the data do not."""
+    scale = alt.Scale(type="utc", domain=[_iso_s(window[0]), _iso_s(window[1])]) if window else alt.Scale(type="utc")
+    return alt.X(f"{field}:T", title=title, scale=scale, axis=alt.Axis(format="%H:%M", labelAngle=0))
 
 
 def _tt(field: str = "ts", title: str = "time (UTC)") -> alt.Tooltip:
@@ -272,9 +274,9 @@ def liquidations(db: LakeSQL, att: Attribution) -> ChartOut:
     df = _iso(df, "ts")
     chart = (
         alt.Chart(df)
-        .mark_bar()
+        .mark_bar(width=2)
         .encode(
-            x=_x(),
+            x=_x(window=(att.start, att.end)),
             y=alt.Y("sum(usd_m):Q", title="US$ M per minute"),
             color=alt.Color("stage:N"),
             row=alt.Row("venue:N", title=None),

@@ -142,7 +142,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;
 h1{font-size:24px} h2{font-size:19px;margin-top:34px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:12px;margin:8px 0} th,td{border:1px solid #ddd;padding:3px 6px;text-align:left}
 th{background:#f3f3f3} .note{color:#555;font-size:13px} .warn{color:#a00}
-.v-supported{background:#e3f5e3} .v-contradicted{background:#fbe0e0;font-weight:bold} .v-not-enough-data{color:#888}
+.v-supported,.v-True{background:#e3f5e3} .v-False{background:#fbe0e0;font-weight:bold} .v-contradicted{background:#fbe0e0;font-weight:bold} .v-not-enough-data{color:#888}
 .chart{margin:10px 0 26px} .nodata{color:#a00;font-weight:bold}
 """
 
@@ -162,6 +162,8 @@ def build(
     workers: int = 2,
     images: bool = True,
     progress: Callable[[str], None] | None = None,
+    calibration: pl.DataFrame | None = None,
+    banner: str | None = None,
 ) -> ReportResult:
     """Write the report for [start, end). With `run`, its replayed liquidations feed the signals and
     charts; with `shapley=True` (and a run or `scenario`) each leg is attributed by 2^n replays."""
@@ -200,6 +202,8 @@ def build(
         "timeline": timeline,
         "onsets": att.onsets,
     }
+    if calibration is not None:
+        tables["calibration"] = calibration
     for name, df in tables.items():
         res.tables[name] = _csv(df, out / "tables" / f"{name}.csv")
     specs = []
@@ -213,11 +217,12 @@ def build(
             info.update(png=png, svg=svg)
         res.charts[c.name] = info
         specs.append((c, c.chart.to_dict()))
-    res.index.write_text(_page(att, specs, tables, timeline), encoding="utf-8")
+    res.index.write_text(_page(att, specs, tables, timeline, banner), encoding="utf-8")
     return res
 
 
-def _page(att: Attribution, specs: list[tuple[charts_mod.ChartOut, dict]], tables: dict[str, pl.DataFrame], timeline: pl.DataFrame) -> str:
+def _page(att: Attribution, specs: list[tuple[charts_mod.ChartOut, dict]], tables: dict[str, pl.DataFrame], timeline: pl.DataFrame,
+          banner: str | None = None) -> str:
     verdicts = att.narrative["verdict"].value_counts().sort("verdict") if att.narrative.height else pl.DataFrame()
     vtext = ", ".join(f"{r['count']} {r['verdict']}" for r in verdicts.iter_rows(named=True)) if verdicts.height else "no pairs"
     contradicted = att.narrative.filter(pl.col("verdict") == "contradicted")
@@ -237,12 +242,20 @@ def _page(att: Attribution, specs: list[tuple[charts_mod.ChartOut, dict]], table
         else "EVIDENCE ONLY: no replay scenario was run, so stage shares are co-occurrence scores of each stage's signal, not a decomposition of the move; the residual is the whole move"
     )
     chain = " → ".join(s.title for s in att.chain.stages)
+    top = f"<p class='nodata'>{html.escape(banner)}</p>" if banner else ""
+    cal = tables.get("calibration")
+    cal_html = ""
+    if cal is not None:
+        n_ok = int(cal["within"].sum()) if cal.height else 0
+        cal_html = (f"<h2>Calibration: simulated vs published facts ({n_ok}/{cal.height} within tolerance)</h2>"
+                    + _table_html(cal, verdict_col="within"))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>crashlab report {att.start:%Y-%m-%d %H:%M}–{att.end:%H:%M} UTC</title>
 <style>{CSS}</style>
 <script type="text/javascript">{_js_bundle()}</script>
 </head><body>
 <h1>crashlab forensic report: {att.start:%Y-%m-%d %H:%M} – {att.end:%Y-%m-%d %H:%M} UTC</h1>
+{top}
 <p class="note">crashlab {__version__}. Headline instrument: <b>{html.escape(att.instrument)}</b>. Mode: <b>{html.escape(mode)}</b>.
 All times UTC. Stages file: {html.escape(att.chain.path)}.</p>
 <p>Chain tested: {html.escape(chain)}</p>
@@ -251,6 +264,7 @@ All times UTC. Stages file: {html.escape(att.chain.path)}.</p>
 <p class="note">"supported" means the timing does not refute the arrow; timing alone cannot prove cause.</p>
 <ul class="note">{notes}</ul>
 {''.join(blocks)}
+{cal_html}
 <h2>Narrative test (every ordered pair of the chain)</h2>{_table_html(tables['narrative'], verdict_col='verdict')}
 <h2>Stage onsets</h2>{_table_html(tables['onsets'])}
 <h2>Legs</h2>{_table_html(tables['legs'])}

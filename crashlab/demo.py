@@ -127,6 +127,8 @@ def run_demo(out: Path, *, scale: float = 1.0, seed: int = 20251010, workers: in
             rep = report_mod.build(
                 lake, START, END, out / "report", run=out / "runs" / "internal_book", scenario=SCENARIO,
                 shapley=True, workers=workers, calibration=cal,
+                banner="SIMULATED DATA: an agent-based model of 20:30-22:30 UTC on 2025-10-10 calibrated to "
+                       "published facts (calibration table below), not recorded market data.",
                 progress=lambda s: bar.update(sub, description=s),
             )
             att = rep.attribution

@@ -198,7 +198,7 @@ class Lake:
                 raise LakeError(f"{table}: rows without a timestamp reached the writer")
             if not grp["ts"].is_sorted():
                 grp = grp.sort("ts", maintain_order=True)
-            arrow = schema.conform(table, grp.to_arrow())
+            arrow = schema.conform(table, grp.to_arrow(compat_level=pl.CompatLevel.oldest()))
             path = self.table_dir(table) / venue / day / name
             self._write_atomic(arrow, path)
             paths.append(path)

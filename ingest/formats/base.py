@@ -70,3 +70,13 @@ class Importer(Protocol):
 
     def parse(self, path: Path, options: Options) -> Parsed:  # pragma: no cover - protocol
         """Read the whole file; raise FormatError if it is not this format or is damaged."""
+
+    # Optional, for formats whose files can be larger than memory (Tardis CSV, Binance trades):
+    #
+    #   def iter_parse(self, path: Path, options: Options, chunk_rows: int) -> Iterator[Parsed]
+    #
+    # yields consecutive chunks of about `chunk_rows` rows, in file order: `_row` keeps counting
+    # over the whole file, every unit lies in exactly one chunk, `rows_read` is per chunk, and the
+    # LAST chunk's `decisions` are the file's (update one dict as you read). Raise FormatError at
+    # any point (even after the last chunk, e.g. when a whole-file check fails): the pipeline then
+    # removes every part already written. The chunks must give exactly the rows `parse` gives.
