@@ -156,6 +156,12 @@ class ReplayMoves:
             rules=self.rules, mechanisms=frozenset(subset),
         )
 
+    def worker_initializer(self):
+        """Workers start with the tapes this process has folded, instead of re-reading the lake."""
+        from crashlab.replay.state import export_tapes, seed_tapes
+
+        return seed_tapes, (export_tapes(),)
+
     def moves(self, price_path: pl.DataFrame) -> np.ndarray:
         v, m, s = self.instrument
         pp = price_path.filter((pl.col("venue") == v) & (pl.col("market") == m) & (pl.col("symbol") == s)).sort("ts")

@@ -72,7 +72,12 @@ def evaluate_subsets(
     else:
         # spawn, not fork: the value function usually runs DuckDB/Polars, whose thread pools do
         # not survive a fork safely.
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context(mp_start)) as ex:
+        # A value function may say how to warm a worker up (e.g. with state its parent already
+        # built) through `worker_initializer() -> (function, args)`.
+        init = getattr(value, "worker_initializer", None)
+        initializer, initargs = init() if callable(init) else (None, ())
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context(mp_start),
+                                 initializer=initializer, initargs=initargs) as ex:
             futs = [ex.submit(_evaluate, value, s) for s in todo]
             for fut in as_completed(futs):
                 s, v = fut.result()

@@ -149,7 +149,7 @@ def _print_summary(res: DemoResult, console: Console) -> None:
         for c in ("leg", "start", "end", "move %", "dominant stage", "confidence"):
             t.add_column(c)
         for r in legs.iter_rows(named=True):
-            t.add_row(str(r.get("leg")), str(r.get("start_ts"))[11:16], str(r.get("end_ts"))[11:16],
+            t.add_row(str(r.get("leg_id")), str(r.get("start_ts"))[11:16], str(r.get("end_ts"))[11:16],
                       f"{r.get('move_pct', 0):+.2f}", str(r.get("dominant_stage")), str(r.get("confidence")))
         console.print(t)
     tot = res.compare.get("total", {})

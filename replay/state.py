@@ -331,6 +331,20 @@ def build_tape(
     return tape
 
 
+def export_tapes() -> list[tuple[tuple, Tape]]:
+    """This process's folded tapes, to seed worker processes of a parallel attribution: folding
+    the window once in the parent and shipping the arrays beats every worker re-reading the lake."""
+    return list(_CACHE.items())
+
+
+def seed_tapes(items: list[tuple[tuple, Tape]]) -> None:
+    """Install tapes from `export_tapes()` (a process-pool initializer)."""
+    for key, tape in items:
+        _CACHE[key] = tape
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+
+
 def vwap(lake: Lake, inst: Instrument, start: datetime, end: datetime) -> float | None:
     """Volume-weighted average trade price of an instrument over [start, end) (trades, else bars)."""
     import duckdb
