@@ -155,7 +155,11 @@ class Lake:
 
     def source_files(self, source_id: str) -> list[Path]:
         """Every data and quarantine file of a source (all parts), committed or not."""
-        out = [p for t in schema.TABLES for p in self.files(t) if p.stem.split(".")[0] == source_id]
+        out = []
+        for t in schema.TABLES:
+            d = self.table_dir(t)
+            if d.exists():  # only this source's names: no listing of the whole lake per source
+                out += [p for p in d.glob(f"*/*/{source_id}*.parquet") if p.stem.split(".")[0] == source_id]
         q = self.quarantine_dir
         if q.exists():
             out += [p for p in q.glob(f"{source_id}*.parquet") if p.stem.split(".")[0] == source_id]

@@ -13,6 +13,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import polars as pl
 
 from . import __version__
@@ -76,6 +77,17 @@ def _raw_text(parsed: Parsed, bad: pl.DataFrame, tables: dict[str, pl.DataFrame]
     return out.fill_null(fallback).alias("raw")
 
 
+def _units(good: dict[str, pl.DataFrame]) -> int:
+    """Source units with rows to write (a unit may have many rows, in several tables)."""
+    rows = [df["_row"].to_numpy() for df in good.values() if df.height]
+    if not rows:
+        return 0
+    r = rows[0] if len(rows) == 1 else np.concatenate(rows)
+    if len(rows) == 1 and (r[1:] > r[:-1]).all():  # one row per unit, in file order: the usual case
+        return len(r)
+    return int(np.unique(r).size)
+
+
 def ingest_parsed(lake: Lake, parsed: Parsed, *, path: str, sha256: str, source: str, cursor: dict | None = None) -> FileReport:
     """Validate and commit one parsed source. Used by file ingest, fetchers and the simulator alike."""
     return ingest_chunks(lake, [parsed], path=path, sha256=sha256, source=source, cursor=cursor)
@@ -101,20 +113,18 @@ def ingest_chunks(
     seen = SeenIds()
     written_paths: list[Path] = []
     counts: dict[str, int] = {}
-    last: Parsed | None = None
+    decisions: dict = {}
     n_chunks = 0
     lake.remove_source(source_id)  # a previous, killed attempt may have left files behind
     try:
         with lake.quarantine_writer(source_id) as qw:
             for part, parsed in enumerate(chunks):
-                n_chunks, last = part + 1, parsed
+                n_chunks, decisions = part + 1, parsed.decisions
                 if part == 0:
                     rep.format = parsed.format
                 rep.rows_read += parsed.rows_read
                 good, bad = validate(parsed, seen=seen)
-                units = pl.concat([df.select("_row") for df in good.values() if df.height] or
-                                  [pl.DataFrame(schema={"_row": pl.Int64})], how="vertical_relaxed")
-                n_written = units["_row"].n_unique()
+                n_written = _units(good)
                 if n_written + bad.height != parsed.rows_read:
                     raise RuntimeError(
                         f"{path}: accounting broken: read {parsed.rows_read} units but wrote {n_written} "
@@ -139,7 +149,7 @@ def ingest_chunks(
                         pl.col("_row").alias("line"),
                         _raw_text(parsed, bad, parsed.tables).alias("raw"),
                     ))
-                del good, bad
+                good = bad = df = parsed = None  # type: ignore[assignment]  # free the chunk
         if n_chunks == 1:
             lake.unpart(written_paths)
         manifest_row = {
@@ -147,7 +157,7 @@ def ingest_chunks(
             "sha256": sha256,
             "path": path,
             "format": rep.format,
-            "decisions": json.dumps(last.decisions if last else {}, sort_keys=True, default=str),
+            "decisions": json.dumps(decisions, sort_keys=True, default=str),
             "tables": ",".join(sorted(counts)),
             "rows_read": rep.rows_read,
             "rows_written": rep.rows_written,

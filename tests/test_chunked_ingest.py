@@ -228,3 +228,32 @@ def test_raw_falls_back_to_json_when_raw_lacks_the_row(tmp_path):
     [q] = lake.quarantine().to_dicts()
     assert q["line"] == 3 and q["reason"] == "open is NaN or infinite"
     assert q["raw"].startswith("{") and '"price_type":"premium"' in q["raw"]
+
+
+def test_string_images_match_the_row_by_row_definition():
+    """The fast paths (constant, few values, numeric, mixed) give each row its defined image."""
+    from crashlab.ingest import event_id as E
+
+    def reference(values: list) -> list[int]:
+        out = []
+        for v in values:
+            if v is None:
+                out.append(int(E._NULL))
+                continue
+            i = pl.Series([v]).cast(pl.Int64, strict=False)[0]
+            out.append(i & 0xFFFFFFFFFFFFFFFF if i is not None else E._blake64(v) ^ 0x5DEECE66D)
+        return out
+
+    rng = np.random.default_rng(5)
+    cases = [
+        ["binance"] * 300,
+        [str(x) for x in rng.integers(-10**15, 10**15, 300)],
+        ["buy", "sell", None] * 100,
+        ["sell"] * 5000 + ["buy"] * 3,  # a value the first rows do not show
+        [f"x{i % 40}" if i % 3 else str(i) for i in range(300)],
+        ["ÄÖü", "日本", "", "007", "+5", "1e3", None] * 20,
+        [None] * 10,
+    ]
+    for values in cases:
+        got = E._string_image(pl.Series(values, dtype=pl.String))
+        assert got.tolist() == reference(values)
