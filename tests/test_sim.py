@@ -39,26 +39,27 @@ def full_lake(tmp_path_factory) -> tuple[Lake, object]:
     return lake, summary
 
 
-def test_two_runs_give_identical_files(tmp_path):
-    cfg = _short_scenario(tmp_path)
-    a, b = Lake.open(tmp_path / "a"), Lake.open(tmp_path / "b")
-    simulate(cfg, lake=a, seed=7)
-    simulate(cfg, lake=b, seed=7)
-    ha, hb = _data_hashes(a), _data_hashes(b)
-    assert ha and ha == hb
-    c = Lake.open(tmp_path / "c")
-    simulate(cfg, lake=c, seed=8)
-    assert _data_hashes(c) != ha  # the seed matters
+def test_two_runs_give_identical_files_and_a_rerun_is_idempotent(tmp_path):
+    """Same scenario + seed + scale -> byte-identical data files. The second run is the model and
+    writer run one after the other, so this also checks that simulate()'s writer thread (which
+    writes each chunk while the model is still stepping) does not change a single byte."""
+    from crashlab.replay.sim.world import run_model
+    from crashlab.replay.sim.writer import write_lake
 
-
-def test_rerun_into_same_lake_is_idempotent(tmp_path):
-    cfg = _short_scenario(tmp_path)
-    lake = Lake.open(tmp_path / "l")
-    simulate(cfg, lake=lake)
-    before = _data_hashes(lake)
-    s2 = simulate(cfg, lake=lake)
-    assert _data_hashes(lake) == before
-    assert s2.events == 0  # every chunk was already ingested
+    cfg = _short_scenario(tmp_path, end="20:40:00")
+    sc = load(cfg)
+    a = Lake.open(tmp_path / "a")
+    s = simulate(cfg, lake=a, seed=7, scale=2.0)  # scale 2: 450-s chunks, so two of them
+    assert s.sources == 2
+    m, rec = run_model(sc, 7, scale=2.0)
+    b = Lake.open(tmp_path / "b")
+    write_lake(b, sc, rec, seed=7, scale=2.0, dt=m.dt, oi=rec.oi)
+    ha = _data_hashes(a)
+    assert ha and ha == _data_hashes(b)
+    again = simulate(cfg, lake=a, seed=7, scale=2.0)  # into the same lake: nothing new
+    assert again.events == 0 and _data_hashes(a) == ha
+    _, rec8 = run_model(sc, 8, scale=2.0)
+    assert not (rec8.mid == rec.mid).all()  # the seed matters
 
 
 def test_lake_passes_validation_with_nothing_quarantined(full_lake):
@@ -116,12 +117,45 @@ def test_calibration_table_shape(full_lake):
     assert df["source"].str.len_chars().min() > 5
 
 
-@pytest.mark.xfail(strict=False, reason="calibration not finished: see `crashlab calibrate` (7/25 targets within tolerance)")
+#: Targets the model does not reach yet, each with the reason (kept strict: if one starts passing,
+#: pytest says so and it must be removed from here).
+KNOWN_MISSES = {
+    "Depth withdrawal onset: BTC perp -1 % bids below half their 20:30-20:45 mean":
+        "the simulated market makers pull on realised volatility, so BTC perp bids halve at ~21:10 when "
+        "the cascade starts, not at 20:40-21:00 on the headline; a headline-driven pull (mm_risk "
+        "headline_cut) moves the whole cascade earlier and breaks the timing targets",
+}
+
+
+def test_calibration_every_other_target_within_tolerance(full_lake):
+    lake, _ = full_lake
+    df = calibration_table(lake)
+    assert set(KNOWN_MISSES) <= set(df["target"])
+    bad = df.filter(~pl.col("within") & ~pl.col("target").is_in(list(KNOWN_MISSES)))
+    assert bad.height == 0, bad.select("target", "simulated", "target_value", "tolerance").to_dicts()
+    assert df.filter(pl.col("within")).height >= df.height - len(KNOWN_MISSES)
+
+
+@pytest.mark.xfail(strict=True, reason="; ".join(f"{k}: {v}" for k, v in KNOWN_MISSES.items()))
 def test_calibration_every_target_within_tolerance(full_lake):
     lake, _ = full_lake
     df = calibration_table(lake)
     bad = df.filter(~pl.col("within"))
     assert bad.height == 0, bad.select("target", "simulated", "target_value", "tolerance").to_dicts()
+
+
+@pytest.mark.slow
+def test_tuner_measures_what_the_lake_table_measures(full_lake):
+    """replay/sim/tune.py judges runs from the model's records; it must agree with the lake table."""
+    from crashlab.replay.sim.tune import judge, measure
+    from crashlab.replay.sim.world import run_model
+
+    lake, _ = full_lake
+    df = calibration_table(lake)
+    sc = load()
+    m, rec = run_model(sc, 20251010)
+    rows = {name: ok for name, _v, _t, _e, _tol, ok in judge(sc, measure(sc, m, rec))}
+    assert rows == dict(zip(df["target"], df["within"]))
 
 
 def test_bad_scenario_names_the_file(tmp_path):

@@ -78,21 +78,27 @@ class Books:
         return self.p0 * np.exp(self.x)
 
     # ---- the window next to the mid ------------------------------------------------------
-    def window_view(self, mm_bid: np.ndarray, mm_ask: np.ndarray, mm_profile: np.ndarray, half_spread: np.ndarray):
+    def window_view(self, mm_bid: np.ndarray, mm_ask: np.ndarray, mm_profile: np.ndarray, half_spread: np.ndarray,
+                    rows: np.ndarray | None = None):
         """(mid bin, columns, prices, resting base, MM base) for the `window` levels next to the
-        mid of every side (2n rows). Level 0 is the touch (MM only, at mid·(1 ∓ half spread));
-        level j ≥ 1 is grid bin c ∓ j."""
+        mid of every side (2n rows, or only the side-rows `rows`). Level 0 is the touch (MM only,
+        at mid·(1 ∓ half spread)); level j ≥ 1 is grid bin c ∓ j."""
         c = self.bin_of(self.x)
         c2 = np.concatenate([c, c])
-        cols = np.minimum(np.maximum(c2[:, None] + self.sign[:, None] * self.j, 0), self.K - 1)
-        prices = self.pgrid[self.rows, cols]
+        sign = self.sign
         mid = self.mid
-        prices[:, 0] = np.concatenate([mid * (1 - half_spread), mid * (1 + half_spread)])
-        rest = self.grid[self.rows, cols]
+        mid2 = np.concatenate([mid * (1 - half_spread), mid * (1 + half_spread)])
+        mm_n = np.concatenate([mm_bid, mm_ask])
+        r = self.rows
+        if rows is not None:
+            c2, sign, mid2, mm_n, r = c2[rows], sign[rows], mid2[rows], mm_n[rows], rows[:, None]
+        cols = np.minimum(np.maximum(c2[:, None] + sign[:, None] * self.j, 0), self.K - 1)
+        prices = self.pgrid[r, cols]
+        prices[:, 0] = mid2
+        rest = self.grid[r, cols]
         rest[:, 0] = 0.0
         mm = np.zeros_like(rest)
         L = len(mm_profile)
-        mm_n = np.concatenate([mm_bid, mm_ask])
         mm[:, :L] = (mm_n[:, None] * mm_profile[None, :]) / prices[:, :L]
         return c2, cols, prices, rest, mm
 
@@ -103,39 +109,42 @@ class Books:
         n = self.n
         res = SweepResult(np.full(n, np.nan), np.full(n, np.nan), np.zeros(n), np.zeros(n), np.zeros(n))
         q = np.concatenate([np.maximum(-net, 0.0), np.maximum(net, 0.0)])
-        act = q > 0
-        if not act.any():
+        act_rows = np.flatnonzero(q > 0)
+        if act_rows.size == 0:
             return res
-        c, cols, prices, rest, mm = self.window_view(mm_bid, mm_ask, mm_profile, half_spread)
+        # only the side-rows that trade this step (one side of each book at most)
+        c, cols, prices, rest, mm = self.window_view(mm_bid, mm_ask, mm_profile, half_spread, act_rows)
+        qa = q[act_rows]
         notional = (rest + mm) * prices
         cum = np.cumsum(notional, axis=1)
-        enough = cum[:, -1] >= q
-        for r in np.flatnonzero(act & ~enough):  # rare: a sweep deeper than the window
-            self._deep_sweep(r, q[r], prices[r], rest[r], mm[r], cols[r], res)
-        rows = np.flatnonzero(act & enough)
-        if rows.size == 0:
+        enough = cum[:, -1] >= qa
+        for li in np.flatnonzero(~enough):  # rare: a sweep deeper than the window
+            self._deep_sweep(int(act_rows[li]), qa[li], prices[li], rest[li], mm[li], cols[li], res)
+        loc = np.flatnonzero(enough)
+        if loc.size == 0:
             return res
-        cr = cum[rows]
-        qr = q[rows]
+        rows = act_rows[loc]
+        cr = cum[loc]
+        qr = qa[loc]
         js = np.argmax(cr >= qr[:, None], axis=1)
         ar = np.arange(rows.size)
         before = np.where(js > 0, cr[ar, np.maximum(js - 1, 0)], 0.0)
-        level_notional = notional[rows, js]
+        level_notional = notional[loc, js]
         frac = np.minimum(np.maximum((qr - before) / np.maximum(level_notional, 1e-300), 0.0), 1.0)
         taken = (self.j < js[:, None]) + (self.j == js[:, None]) * frac[:, None]  # (r, W)
-        mm_taken = mm[rows] * taken
-        self.grid[rows[:, None], cols[rows, 1:]] = (rest[rows] * (1.0 - taken))[:, 1:]
+        mm_taken = mm[loc] * taken
+        self.grid[rows[:, None], cols[loc, 1:]] = (rest[loc] * (1.0 - taken))[:, 1:]
         sgn = -self.sign[rows]  # MM buys (+) on the bid side, sells on the ask side
         inst = rows % n
         res.mm_base[inst] += sgn * mm_taken.sum(axis=1)
-        res.mm_quote[inst] += sgn * (mm_taken * prices[rows]).sum(axis=1)
-        px = prices[rows, js]
+        res.mm_quote[inst] += sgn * (mm_taken * prices[loc]).sum(axis=1)
+        px = prices[loc, js]
         is_bid = rows < n
         res.low[inst[is_bid]] = px[is_bid]
         res.high[inst[~is_bid]] = px[~is_bid]
         # the new mid: for a small sweep, part way to the next level; else just beyond the last level hit
         h = self.h
-        base = (c[rows] - self.k_down).astype(float) * h
+        base = (c[loc] - self.k_down).astype(float) * h
         x = self.x[inst]
         # within the touch the mid moves the consumed fraction of the way to the next level
         inner = np.where(is_bid, x - frac * (x - (base - 0.5 * h)), x + frac * (base + 1.5 * h - x))

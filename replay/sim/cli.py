@@ -10,7 +10,7 @@ from crashlab.ingest.lake import Lake
 
 SIM_EPILOG = """\
 examples:
-  crashlab simulate --lake /tmp/simlake            # 20:30-22:30 UTC, ~1.6 M events, seed 20251010
+  crashlab simulate --lake /tmp/simlake            # 20:30-22:30 UTC, ~1.8 M events, seed 20251010
   crashlab simulate --lake /tmp/big --scale 50     # benchmark lake: 50x event density
   crashlab simulate --seed 7 --config my_scenario.toml
 

@@ -136,7 +136,7 @@ class Market:
         self.leader = sc.index(r["leader"])
         self.r = r
         # risk limits cut on the headline itself, before prices move much (crash_facts C8)
-        self.head_cut = float(r.get("headline_cut", 0.0))
+        self.head_cut = _arr(sc, "headline_cut")  # per book: share of MM quotes pulled on the headline
         self.head_ramp = float(r.get("headline_ramp_s", 300.0)) / dt
         self.is_bspot = np.array([i.venue == "binance" and i.market == "spot" for i in ins])
         # books whose MM fills stay in the MM's unified account (alts, collateral tokens); majors are
@@ -243,7 +243,10 @@ class Market:
         return float(self.books.mid[i])
 
     # ---- the run --------------------------------------------------------------------------
-    def run(self, rec: Records, progress: Callable[[int, int], None] | None = None) -> Records:
+    def run(self, rec: Records, progress: Callable[[int, int], None] | None = None,
+            done: Callable[[int], None] | None = None) -> Records:
+        """Step the market through `rec.T` steps. `done(k)` is told every 50 steps (and at the end)
+        that steps [0, k) are final in `rec`, so a writer can turn them into rows meanwhile."""
         T, n, books, rng = rec.T, self.n, self.books, self.rng
         ins = self.sc.instruments
         r = self.r
@@ -290,7 +293,7 @@ class Market:
             stress = np.abs(self.vol) / self.base_vol
             stress = np.maximum(stress, float(r["firm_wide"]) * stress[self.leader])
             ex = np.maximum(stress - float(r["stress0"]), 0.0)
-            head = 1.0 - self.head_cut * (1.0 - math.exp(-max(0.0, t - self.t_post) / self.head_ramp)) \
+            head = 1.0 - self.head_cut * (1.0 - math.exp(-(t - self.t_post) / self.head_ramp)) \
                 if t >= self.t_post else 1.0
             tb = np.maximum(self.floor_bid, head * np.exp(-float(r["alpha_bid"]) * ex))
             ta = np.maximum(self.floor_ask, head * np.exp(-float(r["alpha_ask"]) * ex))
@@ -421,7 +424,11 @@ class Market:
                 mm_share_alive = self._check_mms(t, mid, rec)
             if progress and (t + 1) % 300 == 0:
                 progress(t + 1, T)
+            if done and (t + 1) % 50 == 0:
+                done(t + 1)
         rec.mid[T] = books.mid
+        if done:
+            done(T + 1)
         return rec
 
     def _reference_prices(self, t: int, mid: np.ndarray, idx_keys: dict, rec: Records) -> np.ndarray:

@@ -86,7 +86,8 @@ def measure(sc: Scenario, m: Market, rec: Records) -> dict[str, Any]:
             v = (a / b - 1) * 100
         elif mt == "median_low_time":
             ts = sorted(_low(sc, m, rec, vv, s, t.get("window"))[1] for vv, s in t["instruments"])
-            v = ts[len(ts) // 2] if len(ts) % 2 else ts[len(ts) // 2 - 1] + (ts[len(ts) // 2] - ts[len(ts) // 2 - 1]) / 2
+            k = len(ts) // 2
+            v = ts[k] if len(ts) % 2 else ts[k - 1] + (ts[k] - ts[k - 1]) / 2
         elif mt == "first_below":
             i, s = _series(sc, m, rec, t["venue"], t["symbol"])
             if "below_frac" in t:
@@ -162,7 +163,8 @@ def _fmt(v: Any) -> str:
 def report(sc: Scenario, values: dict[str, Any]) -> int:
     rows = judge(sc, values)
     for name, v, target, err, tol, ok in rows:
-        print(f"{'ok ' if ok else 'XX '} {name[:62]:62s} {_fmt(v):>10s} {_fmt(target):>10s}  err {_fmt(err):>7s} / {tol:g}")
+        print(f"{'ok ' if ok else 'XX '} {name[:62]:62s} {_fmt(v):>10s} {_fmt(target):>10s}  "
+              f"err {_fmt(err):>7s} / {tol:g}")
     n = sum(r[-1] for r in rows)
     print(f"{n}/{len(rows)} within tolerance")
     return n

@@ -7,11 +7,15 @@ the only wall-clock value anywhere is `ingested_at` in the manifest.
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
+
+import numpy as np
 
 from crashlab.ingest.lake import Lake
 
@@ -29,8 +33,8 @@ class SimSummary:
     scale: float
     sources: int
     rows: dict[str, int]
-    seconds_model: float
-    seconds_write: float
+    seconds_model: float  # the model (the writer runs alongside it, in a second thread)
+    seconds_write: float  # writing still left once the model had finished
     mm_liquidations: list[dict[str, Any]] = field(default_factory=list)
     engine_liquidations: int = 0
     note: str = "SIMULATED data, calibrated to crash_facts.md; not recorded market data"
@@ -61,11 +65,40 @@ def simulate(config_path: Path | None = None, *, lake: Lake, seed: int = 2025101
         raise ValueError(f"scale must be positive, got {scale}")
     sc = load(config_path)
     t0 = time.perf_counter()
-    m, rec = run_model(sc, seed, scale, (lambda d, t: progress("simulate", d, t)) if progress else None)
-    t1 = time.perf_counter()
-    oi = {i: a for i, a in rec.oi.items()}
-    reports = write_lake(lake, sc, rec, seed=seed, scale=scale, dt=m.dt, oi=oi,
-                         progress=(lambda d, t: progress("write", d, t)) if progress else None)
+    m = Market(sc, seed, scale)
+    rec = Records(int(round(sc.seconds / m.dt)), m.n, dt=m.dt)
+    rec.alloc(snap_every=2)
+    for c in m.cohorts:  # arrays the writer holds on to must exist before the model starts
+        if c.kind == "perp_long":
+            rec.oi.setdefault(c.inst, np.zeros(rec.T))
+    # The writer runs in a second thread, one time chunk behind the model: parquet encoding and
+    # polars release the GIL, so on two cores most of the writing hides behind the model.
+    cond = threading.Condition()
+    state = {"done": 0, "failed": False}
+
+    def done(k: int) -> None:
+        with cond:
+            state["done"] = k
+            cond.notify_all()
+
+    def wait(k: int) -> None:
+        with cond:
+            cond.wait_for(lambda: state["done"] >= k or state["failed"])
+            if state["failed"]:
+                raise RuntimeError("simulation model failed; nothing more to write")
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sim-writer") as pool:
+        fut = pool.submit(write_lake, lake, sc, rec, seed=seed, scale=scale, dt=m.dt, oi=rec.oi,
+                          progress=(lambda d, t: progress("write", d, t)) if progress else None, wait=wait)
+        try:
+            m.run(rec, (lambda d, t: progress("simulate", d, t)) if progress else None, done)
+        except BaseException:
+            with cond:
+                state["failed"] = True
+                cond.notify_all()
+            raise
+        t1 = time.perf_counter()
+        reports = fut.result()
     t2 = time.perf_counter()
     rows: dict[str, int] = {}
     for r in reports:

@@ -150,7 +150,7 @@ class ChunkWriter:
         df = pl.DataFrame({
             "_i": ii, "ts": _ts(self.start_us, secs),
             "local_ts": _ts(self.start_us, secs + 0.002 + 0.02 * rng.random(N)),
-            "trade_id": ((t0 + st).astype(np.int64) * 100000 + kk).astype(str),
+            "trade_id": pl.Series(((t0 + st).astype(np.int64) * 100000 + kk)).cast(pl.String),
             "side": np.where(side_buy, "buy", "sell"), "price": px, "amount": amount, "quote_amount": px * amount,
             "is_liquidation": is_liq,
         }).with_columns(pl.when(pl.Series(flag)).then(pl.col("is_liquidation")).otherwise(None).alias("is_liquidation"))
@@ -309,9 +309,15 @@ def chunk_bounds(T: int, dt: float, scale: float) -> list[tuple[int, int]]:
 
 
 def write_lake(lake: Lake, sc: Scenario, rec: Records, *, seed: int, scale: float, dt: float,
-               oi: dict, progress: Callable[[int, int], None] | None = None) -> list[FileReport]:
+               oi: dict, progress: Callable[[int, int], None] | None = None,
+               wait: Callable[[int], None] | None = None) -> list[FileReport]:
     """Write every chunk as one source. A chunk's identity (and so its file names) is the hash of
-    what determines its content, so re-running the same simulation is "already ingested"."""
+    what determines its content, so re-running the same simulation is "already ingested".
+
+    `wait(k)` blocks until the model has finished steps [0, k): the writer can then run while the
+    model is still stepping (a chunk [t0, t1) reads records up to step t1 inclusive)."""
+    if wait:
+        wait(max(1, int(600 / dt)) + 1)  # ChunkWriter's calm activity level: the first 10 minutes
     w = ChunkWriter(sc, rec, seed, scale, dt, oi)
     bounds = chunk_bounds(rec.T, dt, scale)
     reports = []
@@ -322,6 +328,8 @@ def write_lake(lake: Lake, sc: Scenario, rec: Records, *, seed: int, scale: floa
                                 "chunk": k, "t0": t0, "t1": t1}, sort_keys=True)
             sha = hashlib.sha256(ident.encode()).hexdigest()
             path = f"simulated://{sc.path.stem}/seed={seed}/scale={scale:g}/chunk={k:04d}"
+            if wait:
+                wait(t1 + 1)
             if lake.is_ingested(sha[:16]):
                 reports.append(FileReport(path=path, status="already ingested", format=FORMAT, source_id=sha[:16]))
             else:
