@@ -10,6 +10,9 @@ Flow of one `run_replay`:
    slice is due) ends the chunk: those liquidations run (forced orders walk the ladder, fills are
    booked, insurance fund / backstop / ADL / bad debt settle), the impact state changes, and the
    next chunk starts at the following step. Cost scales with chunks + liquidations, not steps.
+   All accounts of one rule are evaluated in one numpy pass (`Rule.evaluate_packed`, rows equal to
+   `Rule.evaluate` bit for bit), and a chunk is evaluated in growing look-ahead windows that stop
+   once its end is known, so the many restarts (macro slices, liquidations) stay cheap.
 4. Derived events, per-minute prices and per-minute account metrics are returned (and written
    as Parquet with a manifest when `out_dir` is given). Same inputs -> byte-identical tables.
 
@@ -62,6 +65,7 @@ ACCOUNT_SCHEMA = {
     "maintenance": pl.Float64, "status": pl.String, "weight": pl.Float64,
 }
 CHUNK = 300  # steps evaluated at once
+LOOKAHEAD = 30  # first look-ahead window within a chunk (grown ×4 while no liquidation is found)
 CODE_VERSION = "0.1.0"
 
 
@@ -252,10 +256,22 @@ class _Sim:
 
     # ---- main loop -----------------------------------------------------------------------------
     def run(self) -> None:
+        """Chunks of CHUNK steps; a chunk ends at the first liquidation-eligible step or macro slice.
+
+        Within a chunk nothing changes the accounts or the forced-impact state, so each step's
+        values are elementwise functions of that step's margin prices: the chunk is evaluated in
+        growing look-ahead windows (LOOKAHEAD steps, then ×4) and stops evaluating as soon as its end
+        is known (a restart after a liquidation rarely needs the whole chunk). All accounts of a rule
+        are evaluated in one numpy pass (`Rule.evaluate_packed`), re-packed only after a liquidation
+        step, since only liquidations change accounts. Chunk boundaries, and so the order of rows and
+        event ids, are exactly those of a step-by-step evaluation of whole chunks."""
         active = [a for a in self.accounts]
         k = 0
         macro = sorted(self.macro_steps)
         mi = 0
+        packs: list | None = None
+        cool = np.zeros(0, dtype=np.int64)
+        keys: list = []
         while k < self.T:
             b = min(k + CHUNK, self.T)
             while mi < len(macro) and macro[mi] < k:
@@ -263,29 +279,38 @@ class _Sim:
             stop = b
             if mi < len(macro) and macro[mi] < b:
                 stop = macro[mi]
-            evals = []
-            steps = np.arange(k, b)
-            for acct in active:
-                rule = self.rules[acct.rule]
-                eq, mm, metric = rule.evaluate(acct, self.margin_prices(acct, k, b))
-                n = b - k
-                eq, mm, metric = (np.broadcast_to(np.asarray(x, dtype=float), (n,)) for x in (eq, mm, metric))
-                st = np.broadcast_to(np.asarray(rule.status(metric, eq, mm)), (n,))
-                elig = (st >= STATUS["liquidate"]) & (steps >= self.cool.get(acct.id, 0))
-                hit = np.flatnonzero(elig)
+            if packs is None:
+                packs, keys = self._packs(active)
+                cool = np.array([self.cool.get(a.id, 0) for a in active], dtype=np.int64)
+            n = b - k
+            prices = self._chunk_prices(keys, k, b)
+            parts = []
+            lo, w = 0, LOOKAHEAD
+            while True:
+                hi = min(n, lo + w, stop - k + 1)
+                part = self._evaluate(packs, len(active), prices, lo, hi, k, cool)
+                parts.append(part)
+                hit = np.flatnonzero(part[4].any(axis=0))
                 if len(hit):
-                    stop = min(stop, k + int(hit[0]))
-                evals.append((acct, eq, mm, metric, st, elig))
+                    stop = min(stop, k + lo + int(hit[0]))
+                if stop - k < hi or hi >= n:
+                    break
+                lo, w = hi, w * 4
+            eq, mm, metric, st, elig = parts[0] if len(parts) == 1 else \
+                tuple(np.concatenate([p[i] for p in parts], axis=1) for i in range(5))
             last = min(stop, b - 1)
-            for acct, eq, mm, metric, st, elig in evals:
-                self._observe(acct, k, last, eq, mm, metric, st)
-            self._report(k, last, evals)
+            self._observe_all(active, k, last, eq, mm, metric, st)
+            self._report(k, last, st)
             if stop < b:
                 s = stop
-                for acct, eq, mm, metric, st, elig in evals:
-                    j = s - k
-                    if elig[j] and not acct.liquidated:
-                        self._liquidate(acct, s, float(metric[j]), float(eq[j]), float(mm[j]), int(st[j]))
+                j = s - k
+                liq = np.flatnonzero(elig[:, j]).tolist()
+                for i in liq:
+                    acct = active[i]
+                    if not acct.liquidated:
+                        self._liquidate(acct, s, float(metric[i, j]), float(eq[i, j]), float(mm[i, j]), int(st[i, j]))
+                if liq:
+                    packs = None  # accounts (and ADL counterparties, cool-downs) changed: re-pack
                 for item in self.macro_steps.get(s, []) if s in self.macro_steps else []:
                     self._macro(s, *item)
                 self.macro_steps.pop(s, None)
@@ -293,6 +318,71 @@ class _Sim:
                 k = s + 1
             else:
                 k = b
+
+    def _packs(self, active: list[Account]) -> tuple[list, list]:
+        """Active accounts per rule: (rule, their rows in `active`, rule.pack(...), price keys)."""
+        by: dict[str, list[int]] = {}
+        for i, a in enumerate(active):
+            by.setdefault(a.rule, []).append(i)
+        packs, keys = [], {}
+        for name, idx in by.items():
+            rule = self.rules[name]
+            accs = [active[i] for i in idx]
+            rk = list(dict.fromkeys(key for a in accs for key in self.keys[a.id]))
+            keys.update(dict.fromkeys(rk))
+            packs.append((rule, np.asarray(idx, dtype=np.intp), rule.pack(accs), rk))
+        return packs, list(keys)
+
+    def _chunk_prices(self, keys: list, a: int, b: int) -> dict:
+        """Margin price of each key over [a, b), computed once per chunk for all accounts (the same
+        arithmetic as `margin_prices`)."""
+        out = {}
+        t = self.t_s[a:b]
+        for key in keys:
+            r = self.res.resolve(key)
+            ser = r.series[a:b]
+            if r.inst is not None and r.inst in self.forced.states:
+                ser = ser * np.exp(self.forced.series(r.inst, t))
+            out[key] = ser
+        return out
+
+    def _evaluate(self, packs: list, n_act: int, prices: dict, lo: int, hi: int, k: int, cool: np.ndarray):
+        """(equity, maintenance, metric, status, liquidation-eligible) of every active account over
+        chunk steps [lo, hi), as (accounts, hi - lo) arrays in `active` order."""
+        w = hi - lo
+        eq, mm, metric = (np.empty((n_act, w)) for _ in range(3))
+        st = np.empty((n_act, w), dtype=np.int64)
+        for rule, rows, pack, rk in packs:
+            e, m, x = rule.evaluate_packed(pack, {key: prices[key][lo:hi] for key in rk}, w)
+            eq[rows], mm[rows], metric[rows] = e, m, x
+            st[rows] = rule.status(x, e, m)
+        steps = np.arange(k + lo, k + hi)
+        elig = (st >= STATUS["liquidate"]) & (steps[None, :] >= cool[:, None])
+        return eq, mm, metric, st, elig
+
+    def _observe_all(self, active: list[Account], k: int, last: int, eq, mm, metric, st) -> None:
+        """`_observe` for every active account; accounts with no margin-call state in the segment
+        (nearly all) take a vectorised path with the same status update and sampled rows."""
+        L = last - k + 1
+        seg = st[:, :L]
+        calls = ((seg >= STATUS["margin_call"]) & (seg <= STATUS["reduce_only"])).any(axis=1).tolist()
+        end = seg[:, L - 1].tolist()
+        samp = np.flatnonzero(self.sample[k:last + 1])
+        if len(samp):
+            ts = [int(x) for x in self.ts_us[k + samp]]
+            met_s, eq_s, mm_s, st_s = (a[:, samp].tolist() for a in (metric, eq, mm, st))
+        for i, acct in enumerate(active):
+            if calls[i]:
+                self._observe(acct, k, last, eq[i], mm[i], metric[i], st[i])
+                continue
+            c = end[i]
+            if c < STATUS["liquidate"]:
+                self.status[acct.id] = min(c, STATUS["reduce_only"])
+            if len(samp):
+                name = self.rules[acct.rule].metric_name
+                for jj, t in enumerate(ts):
+                    self.acc_rows.append((t, acct.id, acct.cohort, acct.rule, acct.stage, name, met_s[i][jj],
+                                          eq_s[i][jj], mm_s[i][jj], STATUS_NAMES[st_s[i][jj]], acct.weight))
 
     def _observe(self, acct: Account, k: int, last: int, eq, mm, metric, st) -> None:
         rule = self.rules[acct.rule]
@@ -310,12 +400,12 @@ class _Sim:
             self.acc_rows.append((int(self.ts_us[k + j]), acct.id, acct.cohort, acct.rule, acct.stage, rule.metric_name,
                                   float(metric[j]), float(eq[j]), float(mm[j]), STATUS_NAMES[int(st[j])], acct.weight))
 
-    def _report(self, k: int, last: int, evals) -> None:
+    def _report(self, k: int, last: int, st: np.ndarray) -> None:
         if self.progress is None:
             return
         for j in np.flatnonzero(self.sample[k:last + 1]).tolist():
             s = k + j
-            at_risk = sum(1 for e in evals if e[4][j] >= STATUS["margin_call"])
+            at_risk = int((st[:, j] >= STATUS["margin_call"]).sum())
             prices = {}
             for inst in list(self.touched)[:4]:
                 r = self._recorded(inst)
@@ -323,7 +413,7 @@ class _Sim:
                     v, m, sym = self.tape.instruments[inst]
                     prices[f"{v}:{sym}"] = (float(r[s]), float(r[s]) * math.exp(self.forced.level(inst, self.t_s[s])))
             self.progress({"ts": datetime.fromtimestamp(self.ts_us[s] / 1e6, timezone.utc), "at_risk": at_risk,
-                           "accounts": len(evals), "liquidations": self.liq_count,
+                           "accounts": len(st), "liquidations": self.liq_count,
                            "forced_notional": self.forced_notional, "prices": prices, "step": s, "steps": self.T})
 
     # ---- causes --------------------------------------------------------------------------------
@@ -715,7 +805,7 @@ def summarize(events: pl.DataFrame, price_path: pl.DataFrame) -> dict:
     fills = events.filter(pl.col("kind") == "fill")
     out = {
         "liquidations": liq.height,
-        "accounts_liquidated": float(liq.unique("account")["weight"].sum()) if liq.height else 0.0,
+        "accounts_liquidated": float(liq.unique("account", keep="first", maintain_order=True)["weight"].sum()) if liq.height else 0.0,
         "forced_notional": float(events.filter(pl.col("kind") == "forced_order")
                                  .filter(pl.col("stage") != "macro_shock")["quote_amount"].sum() or 0.0),
         "fills": fills.height,

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .base import Account, ForcedOrder, Num, PriceKey, Rule, STATUS
+from .base import Account, ForcedOrder, Num, Pack, PriceKey, Rule, STATUS, column, pack_groups, unpack
 
 _STABLE = {"USDT", "USDC", "DAI", "USD"}
 
@@ -89,6 +89,35 @@ class AaveV3(Rule):
         if np.ndim(hf) == 0:
             hf = float(hf)
         return coll - debt, debt, hf  # equity, "maintenance" = the debt the collateral must cover
+
+    # ---- many accounts: `evaluate` over (accounts, steps), same operations in the same order ----
+    def pack(self, accounts) -> Pack:
+        def sig(a: Account):
+            return tuple((x, q == 0, q > 0) for x, q in sorted(a.balances.items()))
+
+        def extract(sg, accs):
+            return {"q": [column([a.balances[x] for a in accs]) for x, _, _ in sg]}
+        return pack_groups(accounts, sig, extract)
+
+    def evaluate_packed(self, pack: Pack, prices, n: int):
+        def one(sg, c):
+            coll: Num = 0.0
+            adj: Num = 0.0
+            debt: Num = 0.0
+            for i, (asset, zero, positive) in enumerate(sg):
+                if zero:
+                    continue
+                v = c["q"][i] * self.oracle_price(asset, prices)
+                if positive:
+                    coll = coll + v
+                    adj = adj + v * self._param("liquidation_thresholds", asset)
+                else:
+                    debt = debt - v
+            d = np.asarray(debt, dtype=float)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                hf = np.where(d > 0, np.asarray(adj) / np.where(d > 0, d, 1.0), np.inf)
+            return coll - debt, debt, hf
+        return unpack(pack, n, one)
 
     def status(self, metric: Num, equity: Num, maintenance: Num) -> Any:
         m = np.asarray(metric, dtype=float)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Union
+from typing import Any, Callable, ClassVar, Mapping, Sequence, Union
 
 import numpy as np
 
@@ -172,6 +172,29 @@ class Rule(ABC):
     def liquidation_plan(self, account: Account, prices: Mapping[PriceKey, float]) -> list[ForcedOrder]:
         """Forced orders in execution order, for an account the venue takes over now."""
 
+    # ---- many accounts at once (the engine's fast path) ----------------------------------------
+    def pack(self, accounts: Sequence[Account]) -> Any:
+        """What `evaluate_packed` needs from `accounts`, extracted once: the engine re-packs only
+        after a liquidation step (the only time accounts change), not every chunk."""
+        return list(accounts)
+
+    def evaluate_packed(self, pack: Any, prices: Mapping[PriceKey, np.ndarray], n: int
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(equity, maintenance, metric) as (accounts, n) arrays for a pack of accounts over n steps.
+
+        Row i must equal `evaluate(accounts[i], prices)` bit for bit (the engine's run tables are
+        byte-identical with or without it). This default loops; rules with many similar accounts
+        override it with one numpy pass per group of same-shaped accounts (`group_by_signature`)."""
+        rows = [tuple(np.broadcast_to(np.asarray(x, dtype=float), (n,)) for x in self.evaluate(a, prices))
+                for a in pack]
+        if not rows:
+            return tuple(np.empty((0, n)) for _ in range(3))  # type: ignore[return-value]
+        return tuple(np.stack([r[i] for r in rows]) for i in range(3))  # type: ignore[return-value]
+
+    def evaluate_many(self, accounts: Sequence[Account], prices: Mapping[PriceKey, np.ndarray], n: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.evaluate_packed(self.pack(accounts), prices, n)
+
     # ---- provided ----------------------------------------------------------------------------
     def check(self, account: Account, prices: Mapping[PriceKey, Num]) -> Check:
         eq, mm, metric = self.evaluate(account, prices)
@@ -232,3 +255,67 @@ class Rule(ABC):
 
 def position_pnl(pos: Position, mark: Num) -> Num:
     return pos.qty * (mark - pos.entry)
+
+
+# ---- packing accounts for `Rule.evaluate_packed` ---------------------------------------------------
+@dataclass
+class Pack:
+    """Accounts split into groups of the same shape (same assets, signs, symbols): each group is
+    one numpy pass with the per-account numbers as (g, 1) columns that broadcast against (n,) prices."""
+
+    n: int  # accounts in the pack
+    groups: list[tuple[np.ndarray, Any, dict[str, Any]]]  # (row indices, signature, columns)
+
+
+def pack_groups(accounts: Sequence[Account], signature: Callable[[Account], Any],
+                extract: Callable[[Any, list[Account]], dict[str, Any]]) -> Pack:
+    by: dict[Any, list[int]] = {}
+    for i, a in enumerate(accounts):
+        by.setdefault(signature(a), []).append(i)
+    groups = []
+    for sig, idx in by.items():
+        groups.append((np.asarray(idx, dtype=np.intp), sig, extract(sig, [accounts[i] for i in idx])))
+    return Pack(len(accounts), groups)
+
+
+def column(values: Sequence[float]) -> np.ndarray:
+    """Per-account numbers as a (g, 1) float column (broadcasts against an (n,) price series)."""
+    return np.asarray(values, dtype=float).reshape(-1, 1)
+
+
+def weight_col(accounts: Sequence[Account]) -> np.ndarray:
+    """max(weight, 1e-12) per account, as the scalar formulas compute it."""
+    return column([max(float(a.weight), 1e-12) for a in accounts])
+
+
+def unpack(pack: Pack, n: int, fn: Callable[[Any, dict[str, Any]], tuple[Num, Num, Num]]
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run `fn(signature, columns)` per group and place its rows; values are copied, never recomputed."""
+    out = tuple(np.empty((pack.n, n)) for _ in range(3))
+    for rows, sig, cols in pack.groups:
+        for o, v in zip(out, fn(sig, cols)):
+            o[rows] = v
+    return out  # type: ignore[return-value]
+
+
+_KNOTS: dict[tuple, tuple[np.ndarray, np.ndarray, np.float64, np.float64]] = {}
+
+
+def _knots(bounds: Sequence[float], rates: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.float64, np.float64]:
+    """`piecewise_cum`'s knots, built once per tier table (the engine evaluates thousands of chunks)."""
+    key = (tuple(bounds), tuple(rates))
+    got = _KNOTS.get(key)
+    if got is None:
+        b = np.asarray(bounds, dtype=float)
+        r = np.asarray(rates, dtype=float)
+        got = (b, np.concatenate([[0.0], np.cumsum(np.diff(b) * r[:-1])]), b[-1], r[-1])
+        _KNOTS[key] = got
+    return got
+
+
+def tiered(value: np.ndarray, w: np.ndarray, bounds: Sequence[float], rates: Sequence[float]) -> np.ndarray:
+    """`w · piecewise_cum(value / w)` with a per-account weight column (tiers apply per real account);
+    the same operations as `piecewise_cum`, with its knots cached."""
+    b, knots_y, last, r_last = _knots(bounds, rates)
+    v = np.asarray(value, dtype=float) / w
+    return w * (np.interp(v, b, knots_y) + np.maximum(v - last, 0.0) * r_last)

@@ -21,7 +21,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .base import CASH_ASSETS, Account, ForcedOrder, Num, PriceKey, Rule, STATUS, piecewise_cum, position_pnl
+from .base import (CASH_ASSETS, Account, ForcedOrder, Num, Pack, PriceKey, Rule, STATUS, column, pack_groups,
+                   piecewise_cum, position_pnl, tiered, unpack, weight_col)
 
 
 class BinanceUnified(Rule):
@@ -136,6 +137,57 @@ class BinanceUnified(Rule):
         if np.ndim(metric) == 0:
             metric = float(metric)
         return eq, mm, metric
+
+    # ---- many accounts: `evaluate` over (accounts, steps), same operations in the same order ----
+    def pack(self, accounts) -> Pack:
+        def sig(a: Account):
+            return (tuple((x, q == 0, q < 0) for x, q in a.balances.items()), tuple(a.positions))
+
+        def extract(sg, accs):
+            bal, syms = sg
+            return {"q": [column([a.balances[x] for a in accs]) for x, _, _ in bal], "w": weight_col(accs),
+                    "qty": [column([a.positions[s].qty for a in accs]) for s in syms],
+                    "entry": [column([a.positions[s].entry for a in accs]) for s in syms]}
+        return pack_groups(accounts, sig, extract)
+
+    def _collateral_value_w(self, asset: str, value: Num, w: np.ndarray) -> Num:
+        """`collateral_value` with a per-account weight column."""
+        default = 1.0 if asset in CASH_ASSETS else self.params["default_collateral_ratio"]
+        spec = self.params["collateral_ratios"].get(asset, default)
+        v = np.asarray(value, dtype=float)
+        pos = np.maximum(v, 0.0)
+        if isinstance(spec, Mapping):
+            hair = tiered(pos, w, list(spec["bounds"]), list(spec["rates"]))
+        else:
+            hair = pos * float(spec)
+        return np.minimum(hair, pos) + np.minimum(v, 0.0)
+
+    def evaluate_packed(self, pack: Pack, prices, n: int):
+        def one(sg, c):
+            bal, syms = sg
+            eq: Num = 0.0
+            mm: Num = 0.0
+            for i, (asset, zero, neg) in enumerate(bal):
+                if zero:
+                    continue
+                q = c["q"][i]
+                p = self.asset_price(asset, prices)
+                eq = eq + self._collateral_value_w(asset, q * p, c["w"])
+                if neg and asset not in CASH_ASSETS:
+                    mm = mm + np.abs(q) * p * float(self.params["loan_mmr"])
+                elif neg:
+                    mm = mm + np.abs(q) * float(self.params["loan_mmr"])
+            for i, sym in enumerate(syms):
+                mark = prices[("mark", self.venue, sym)]
+                eq = eq + c["qty"][i] * (mark - c["entry"][i])
+                br = self.params["mm_brackets"].get(sym) or self.params["mm_brackets"]["default"]
+                mm = mm + tiered(np.abs(c["qty"][i] * mark), c["w"], list(br["bounds"]), list(br["rates"]))
+            mm_arr = np.asarray(mm, dtype=float)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                metric = np.where(mm_arr > 0, np.asarray(eq) / np.where(mm_arr > 0, mm_arr, 1.0), np.inf)
+                metric = np.where(np.asarray(eq) < 0, np.minimum(metric, 0.0), metric)
+            return eq, mm, metric
+        return unpack(pack, n, one)
 
     def status(self, metric: Num, equity: Num, maintenance: Num) -> Any:
         m = np.asarray(metric, dtype=float)

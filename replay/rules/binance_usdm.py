@@ -16,7 +16,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .base import Account, ForcedOrder, Num, PriceKey, Rule, STATUS, piecewise_cum, position_pnl
+from .base import (Account, ForcedOrder, Num, Pack, PriceKey, Rule, STATUS, column, pack_groups, piecewise_cum,
+                   position_pnl, tiered, unpack, weight_col)
 
 
 class BinanceUsdm(Rule):
@@ -83,6 +84,48 @@ class BinanceUsdm(Rule):
         if np.ndim(metric) == 0:
             metric = float(metric)
         return eq, mm, metric
+
+    # ---- many accounts: `evaluate` over (accounts, steps), same operations in the same order ----
+    def pack(self, accounts) -> Pack:
+        def sig(a: Account):
+            return tuple((s, a.positions[s].margin is not None) for s in sorted(a.positions))
+
+        def extract(sg, accs):
+            pos = [[a.positions[s] for a in accs] for s, _ in sg]
+            return {"bal": column([a.balances.get(self.quote_asset, 0.0) for a in accs]), "w": weight_col(accs),
+                    "qty": [column([p.qty for p in ps]) for ps in pos],
+                    "entry": [column([p.entry for p in ps]) for ps in pos],
+                    "margin": [column([p.margin if p.margin is not None else 0.0 for p in ps]) for ps in pos]}
+        return pack_groups(accounts, sig, extract)
+
+    def evaluate_packed(self, pack: Pack, prices, n: int):
+        def one(sg, c):
+            parts: list[tuple[Num, Num]] = []
+            cross_eq: Num = c["bal"]
+            cross_mm: Num = 0.0
+            has_cross = False
+            for i, (sym, isolated) in enumerate(sg):
+                mark = prices[("mark", self.venue, sym)]
+                br = self.params["mm_brackets"].get(sym) or self.params["mm_brackets"]["default"]
+                mm = tiered(np.abs(c["qty"][i] * mark), c["w"], list(br["bounds"]), list(br["rates"]))
+                pnl = c["qty"][i] * (mark - c["entry"][i])
+                if isolated:
+                    parts.append((c["margin"][i] + pnl, mm))
+                else:
+                    has_cross = True
+                    cross_eq = cross_eq + pnl
+                    cross_mm = cross_mm + mm
+            if has_cross or not parts:
+                parts.append((cross_eq, cross_mm))
+            eq: Num = 0.0
+            mm_t: Num = 0.0
+            metric: Num = np.inf
+            for e, m in parts:
+                eq = eq + e
+                mm_t = mm_t + m
+                metric = np.minimum(metric, self._level(e, m))
+            return eq, mm_t, metric
+        return unpack(pack, n, one)
 
     def status(self, metric: Num, equity: Num, maintenance: Num) -> Any:
         m = np.asarray(metric, dtype=float)

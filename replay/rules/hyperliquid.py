@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .base import Account, ForcedOrder, Num, PriceKey, Rule, STATUS, position_pnl
+from .base import Account, ForcedOrder, Num, Pack, PriceKey, Rule, STATUS, column, pack_groups, position_pnl, unpack
 
 
 class Hyperliquid(Rule):
@@ -57,6 +57,32 @@ class Hyperliquid(Rule):
         if np.ndim(metric) == 0:
             metric = float(metric)
         return eq, mm, metric
+
+    # ---- many accounts: `evaluate` over (accounts, steps), same operations in the same order ----
+    def pack(self, accounts) -> Pack:
+        def extract(syms, accs):
+            pos = [[a.positions[s] for a in accs] for s in syms]
+            return {"bal": column([a.balances.get(self.quote_asset, 0.0) for a in accs]),
+                    "qty": [column([p.qty for p in ps]) for ps in pos],
+                    "entry": [column([p.entry for p in ps]) for ps in pos],
+                    "margin": [column([p.margin or 0.0 for p in ps]) for ps in pos],
+                    "lev2": [column([2.0 * self.max_leverage(s, p.max_leverage) for p in ps])
+                             for s, ps in zip(syms, pos)]}
+        return pack_groups(accounts, lambda a: tuple(sorted(a.positions)), extract)
+
+    def evaluate_packed(self, pack: Pack, prices, n: int):
+        def one(syms, c):
+            eq: Num = c["bal"]
+            mm: Num = 0.0
+            for i, sym in enumerate(syms):
+                mark = prices[("mark", self.venue, sym)]
+                eq = eq + c["qty"][i] * (mark - c["entry"][i]) + c["margin"][i]
+                mm = mm + np.abs(c["qty"][i] * mark) / c["lev2"][i]
+            mm_a = np.asarray(mm, dtype=float)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                metric = np.where(mm_a > 0, np.asarray(eq) / np.where(mm_a > 0, mm_a, 1.0), np.inf)
+            return eq, mm, metric
+        return unpack(pack, n, one)
 
     def status(self, metric: Num, equity: Num, maintenance: Num) -> Any:
         m = np.asarray(metric, dtype=float)
