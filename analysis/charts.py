@@ -199,7 +199,9 @@ def liquidity(db: LakeSQL, start: datetime, end: datetime) -> ChartOut:
     )
     n = df["instrument"].n_unique()
     if n > 1:
-        chart = chart.properties(height=200).facet(row="instrument:N").properties(title=title)
+        # Each book on its own scale: a thin altcoin book next to the BTC perp would be a flat line.
+        chart = (chart.properties(height=160).facet(row="instrument:N").resolve_scale(y="independent")
+                 .properties(title=title))
     return ChartOut("liquidity", title, chart, df.height)
 
 

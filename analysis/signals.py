@@ -218,12 +218,16 @@ def _signal(db: LakeSQL, stage: Stage, start: datetime, end: datetime, replay: p
             return Signal(stage.name, kind, "% of bid depth gone", _empty(), False, why)
         df = df.group_by("ts").agg(pl.col("n").sum().alias("value")).sort("ts")
         base_df = df.filter(pl.col("ts") < start)
+        ref = "pre-window median"
+        if base_df.height == 0:  # nothing before the window: its first minutes are the reference
+            base_df = df.filter(pl.col("ts") < start + FALLBACK_BASELINE)
+            ref = f"median of the window's first {int(FALLBACK_BASELINE.total_seconds() // 60)} min (no depth before it)"
         if base_df.height == 0:
-            return Signal(stage.name, kind, "% of bid depth gone", _empty(), False, "no depth before the window to compare with")
+            return Signal(stage.name, kind, "% of bid depth gone", _empty(), False, "no depth before the window or in its first minutes to compare with")
         med = float(base_df["value"].median())
         out = _ffill(df, lo, end).with_columns(((1 - pl.col("value") / med) * 100).alias("value"))
         side = "bid" if used < 0 else "ask (every bid band was unusable)"
-        note = f"{side} notional within {abs(used):g} % vs pre-window median"
+        note = f"{side} notional within {abs(used):g} % vs the {ref}"
         if skipped:
             note += f"; skipped stale band(s) {', '.join(skipped)}"
         return Signal(stage.name, kind, "% of bid depth gone", out, True, note)
@@ -344,6 +348,10 @@ def stale_bands(db: LakeSQL, lo: datetime, hi: datetime, repeat_share: float = 0
     return {(r["venue"], r["symbol"], float(r["band_pct"])) for r in df.iter_rows(named=True) if r["n"] >= 5 and r["rep"] > repeat_share}
 
 
+#: Baseline used when the lake has nothing before the window (documented in data/stages.toml).
+FALLBACK_BASELINE = timedelta(minutes=15)
+
+
 def stage_signals(db: LakeSQL, stages, start: datetime, end: datetime, replay: pl.DataFrame | None = None) -> dict[str, Signal]:
     return {s.name: _signal(db, s, start, end, replay) for s in stages}
 
@@ -361,10 +369,18 @@ def onset(stage: Stage, sig: Signal, start: datetime, end: datetime) -> Onset:
     if not sig.available:
         return Onset(stage.name, None, None, None, rule, sig.note)
     thr = threshold(stage, sig, start)
+    search_from, base_note = start, ""
     if thr is None:
-        return Onset(stage.name, None, None, None, rule, "no baseline data before the window")
+        # A lake that starts with the window (a simulation, a short recording) has nothing before
+        # it: the window's own first minutes become the baseline and the search starts after them.
+        search_from = start + FALLBACK_BASELINE
+        thr = _threshold_of(stage, sig.series.filter((pl.col("ts") >= start) & (pl.col("ts") < search_from)))
+        if thr is None:
+            return Onset(stage.name, None, None, None, rule, "no baseline data before the window nor in its first minutes")
+        rule += f" (no data before the window: baseline = its first {int(FALLBACK_BASELINE.total_seconds() // 60)} min)"
+        base_note = "; baseline from the window's first minutes"
     med, th = thr
-    w = sig.series.filter((pl.col("ts") >= start) & (pl.col("ts") < end)).sort("ts")
+    w = sig.series.filter((pl.col("ts") >= search_from) & (pl.col("ts") < end)).sort("ts")
     above = (w["value"] > th).to_numpy()
     ts = w["ts"].to_list()
     run = 0
@@ -375,8 +391,8 @@ def onset(stage: Stage, sig: Signal, start: datetime, end: datetime) -> Onset:
         run = run + 1 if a else 0
         if run >= r.m:
             first = ts[i - r.m + 1]
-            why = f"crossed {th:.4g} ({sig.unit})"
-            if first <= start:
+            why = f"crossed {th:.4g} ({sig.unit}){base_note}"
+            if first <= search_from:
                 why += "; already above the threshold at the window start: the true onset may be earlier"
             return Onset(stage.name, first, th, med, rule, why)
     return Onset(stage.name, None, th, med, rule, f"never above {th:.4g} ({sig.unit}) for {r.m} min in the window")
@@ -384,8 +400,12 @@ def onset(stage: Stage, sig: Signal, start: datetime, end: datetime) -> Onset:
 
 def threshold(stage: Stage, sig: Signal, start: datetime) -> tuple[float, float] | None:
     """(baseline median, onset threshold) or None without a baseline."""
+    return _threshold_of(stage, sig.series.filter(pl.col("ts") < start))
+
+
+def _threshold_of(stage: Stage, baseline: pl.DataFrame) -> tuple[float, float] | None:
     r = stage.onset
-    b = sig.series.filter(pl.col("ts") < start)["value"].drop_nulls().to_numpy()
+    b = baseline["value"].drop_nulls().to_numpy()
     if b.size < 3:
         return None
     med = float(np.median(b))
