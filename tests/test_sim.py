@@ -117,31 +117,14 @@ def test_calibration_table_shape(full_lake):
     assert df["source"].str.len_chars().min() > 5
 
 
-#: Targets the model does not reach yet, each with the reason (kept strict: if one starts passing,
-#: pytest says so and it must be removed from here).
-KNOWN_MISSES = {
-    "Depth withdrawal onset: BTC perp -1 % bids below half their 20:30-20:45 mean":
-        "the simulated market makers pull on realised volatility, so BTC perp bids halve at ~21:10 when "
-        "the cascade starts, not at 20:40-21:00 on the headline; a headline-driven pull (mm_risk "
-        "headline_cut) moves the whole cascade earlier and breaks the timing targets",
-}
-
-
-def test_calibration_every_other_target_within_tolerance(full_lake):
-    lake, _ = full_lake
-    df = calibration_table(lake)
-    assert set(KNOWN_MISSES) <= set(df["target"])
-    bad = df.filter(~pl.col("within") & ~pl.col("target").is_in(list(KNOWN_MISSES)))
-    assert bad.height == 0, bad.select("target", "simulated", "target_value", "tolerance").to_dicts()
-    assert df.filter(pl.col("within")).height >= df.height - len(KNOWN_MISSES)
-
-
-@pytest.mark.xfail(strict=True, reason="; ".join(f"{k}: {v}" for k, v in KNOWN_MISSES.items()))
 def test_calibration_every_target_within_tolerance(full_lake):
+    """Every calibration target, timing and depth ones included (the BTC perp bid withdrawal before
+    the cascade comes from the MMs' headline widening, [mm_risk] widen_*), measured on the lake."""
     lake, _ = full_lake
     df = calibration_table(lake)
     bad = df.filter(~pl.col("within"))
     assert bad.height == 0, bad.select("target", "simulated", "target_value", "tolerance").to_dicts()
+    assert df.filter(pl.col("within")).height == df.height == len(load().targets)
 
 
 @pytest.mark.slow

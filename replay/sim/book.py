@@ -82,7 +82,8 @@ class Books:
                     rows: np.ndarray | None = None):
         """(mid bin, columns, prices, resting base, MM base) for the `window` levels next to the
         mid of every side (2n rows, or only the side-rows `rows`). Level 0 is the touch (MM only,
-        at mid·(1 ∓ half spread)); level j ≥ 1 is grid bin c ∓ j."""
+        at mid·(1 ∓ half spread)); level j ≥ 1 is grid bin c ∓ j. `mm_profile` is one MM profile
+        for every side (L,) or one per side-row (2n, L), for books whose MMs widened their quotes."""
         c = self.bin_of(self.x)
         c2 = np.concatenate([c, c])
         sign = self.sign
@@ -98,8 +99,12 @@ class Books:
         rest = self.grid[r, cols]
         rest[:, 0] = 0.0
         mm = np.zeros_like(rest)
-        L = len(mm_profile)
-        mm[:, :L] = (mm_n[:, None] * mm_profile[None, :]) / prices[:, :L]
+        if mm_profile.ndim == 1:
+            prof = mm_profile[None, :]
+        else:
+            prof = mm_profile if rows is None else mm_profile[rows]
+        L = prof.shape[1]
+        mm[:, :L] = (mm_n[:, None] * prof) / prices[:, :L]
         return c2, cols, prices, rest, mm
 
     # ---- the taker sweep -----------------------------------------------------------------
@@ -195,14 +200,23 @@ class Books:
     def replenish(self, add_bid: np.ndarray, add_ask: np.ndarray, profile: np.ndarray, cancel: np.ndarray) -> None:
         """New resting orders near the mid (`add_*` quote notional per step, spread by `profile`
         over levels 1..R) and cancellation of a fraction `cancel` of resting orders within R."""
-        R = len(profile)
+        R = profile.shape[-1]
         c = self.bin_of(self.x)
         c2 = np.concatenate([c, c])
         cols = np.minimum(np.maximum(c2[:, None] + self.sign[:, None] * np.arange(1, R + 1)[None, :], 0), self.K - 1)
         keep = np.concatenate([1.0 - cancel, 1.0 - cancel])[:, None]
         add = np.concatenate([add_bid, add_ask])[:, None]
         prices = self.pgrid[self.rows, cols]
-        self.grid[self.rows, cols] = self.grid[self.rows, cols] * keep + add * profile[None, :] / prices
+        prof = profile[None, :] if profile.ndim == 1 else profile  # one profile, or one per side-row
+        self.grid[self.rows, cols] = self.grid[self.rows, cols] * keep + add * prof / prices
+
+    def add_band(self, rows: np.ndarray, quote: np.ndarray, lo: int, hi: int) -> None:
+        """Resting bids worth `quote` per book row in `rows`, spread evenly over the bins `lo..hi`
+        levels below the mid: quotes a market maker moved out of the inner book rest there."""
+        c = self.bin_of(self.x[rows])
+        cols = np.maximum(c[:, None] - np.arange(lo, hi + 1)[None, :], 0)
+        r = rows[:, None]
+        self.grid[r, cols] += (quote[:, None] / (hi + 1 - lo)) / self.pgrid[r, cols]
 
     def top_up(self, anchor_x: np.ndarray, disc: np.ndarray, target: np.ndarray, rate: float) -> None:
         """Value traders' resting ladders: bids at anchor·(1 − d) and asks at anchor·(1 + d) for

@@ -3,7 +3,8 @@
 Every price path comes out of flows meeting liquidity; nothing draws a path. Per second:
 
 1. market makers' risk systems set their quote sizes from realised volatility (bids are pulled
-   faster and deeper than asks: the liquidity vacuum);
+   faster and deeper than asks: the liquidity vacuum); on the headline, MMs of some books widen
+   their bids (keep the touch, move the rest 1.5-5 % down) until the volatility pull takes over;
 2. agents send taker flow: noise traders, the macro sellers after the tariff post, forced orders
    from liquidations (perp longs closed at the mark by `binance_usdm`/`hyperliquid`; collateral
    of loan/loop accounts and of market makers' unified accounts sold by the liquidation engine,
@@ -138,6 +139,26 @@ class Market:
         # risk limits cut on the headline itself, before prices move much (crash_facts C8)
         self.head_cut = _arr(sc, "headline_cut")  # per book: share of MM quotes pulled on the headline
         self.head_ramp = float(r.get("headline_ramp_s", 300.0)) / dt
+        # ... or widened: a share `headline_widen` of a book's MM bid quotes near the mid is moved
+        # out to rest `widen_levels` bins below it (MMs quote wider on the headline: the book near
+        # the mid thins while depth further out is kept; crash_facts C8, 'appeared empty')
+        self.widen = _arr(sc, "headline_widen")
+        self.widen_ramp = float(r.get("widen_ramp_s", r.get("headline_ramp_s", 300.0))) / dt
+        self.widen_levels = tuple(int(v) for v in r.get("widen_levels", [15, 50]))
+        self.widen_rest = float(r.get("widen_rest", 1.0))
+        self.widen_rows = np.flatnonzero(self.widen > 0)
+        # the touch (first `widen_keep` levels) stays: what a small taker meets does not change
+        self.widen_mask = (np.arange(len(self.mm_profile)) >= int(r.get("widen_keep", 2))).astype(float)
+        self.widen_share = float((self.mm_profile * self.widen_mask).sum())
+        # once the volatility pull has taken the quotes down below `widen_release` of normal, the
+        # headline regime is over: widened quotes come back within `widen_back_s` (default tau_up_s)
+        self.widen_release = float(r.get("widen_release", 0.0))
+        self.w_now = np.zeros(n)
+        self.widen_back = 1 - np.exp(-dt / float(r.get("widen_back_s", r["tau_up_s"])))
+        self.released = np.zeros(n, dtype=bool)
+        # other traders' new orders widen by this share of the MMs' widening
+        self.widen_org = float(r.get("widen_organic", 0.0))
+        self.org_mask = (np.arange(1, len(self.org_profile) + 1) > int(r.get("widen_keep", 2))).astype(float)
         self.is_bspot = np.array([i.venue == "binance" and i.market == "spot" for i in ins])
         # books whose MM fills stay in the MM's unified account (alts, collateral tokens); majors are
         # assumed delta-hedged on perps, so their fills do not change the account's risk
@@ -300,11 +321,21 @@ class Market:
             for f, tgt in ((self.f_bid, tb), (self.f_ask, ta)):
                 f += (tgt - f) * np.where(tgt < f, self.k_down, self.k_up)
             of = float(r["organic_floor"])
+            wide = t >= self.t_post and self.widen_rows.size > 0
+            if wide:
+                self.released |= self.f_bid < self.widen_release
+                target = self.widen * (1.0 - math.exp(-(t - self.t_post) / self.widen_ramp))
+                self.w_now = np.where(self.released, self.w_now * (1.0 - self.widen_back), target)
+            wd = self.w_now
             # depth per unit log price a taker meets now (last observed book, thinner side), for
             # agents that size their orders to close a gap without overshooting it
             eff = self.eff_depth * 100
             mm_alive = np.where(self.is_bspot, mm_share_alive, 1.0)
             mm_bid = self.d1 * self.mm_share * self.f_bid * mm_alive
+            prof = self.mm_profile
+            if wide:
+                cut = np.concatenate([wd, np.zeros(n)])[:, None] * self.widen_mask[None, :]
+                prof = self.mm_profile[None, :] * (1.0 - cut)
             mm_ask = self.d1 * self.mm_share * self.f_ask * mm_alive
             # 2. taker flow -------------------------------------------------------------------
             mid = books.mid
@@ -358,7 +389,7 @@ class Market:
             self._anchor_now = anchor
             net = buys - sells
             # 3. the sweep --------------------------------------------------------------------
-            res = books.sweep(net, mm_bid, mm_ask, self.mm_profile, self.hs)
+            res = books.sweep(net, mm_bid, mm_ask, prof, self.hs)
             rec.low[t], rec.high[t] = res.low, res.high
             rec.buys[t], rec.sells[t], rec.forced[t] = buys, sells, forced
             new_mid = books.mid
@@ -385,10 +416,18 @@ class Market:
                     books.top_up(np.where(rows, x_anchor, -50.0), self.lad_disc * st,
                                  np.where(rows, self.lad_target, 0.0), self.lad_rate)
             # other traders' limit orders are pulled less than MM quotes
+            oprof = self.org_profile
+            if wide and self.widen_org > 0:
+                ocut = np.concatenate([self.widen_org * wd, np.zeros(n)])[:, None] * self.org_mask[None, :]
+                oprof = self.org_profile[None, :] * (1.0 - ocut)
             books.replenish(self.add0 * np.maximum(self.f_bid, of), self.add0 * np.maximum(self.f_ask, of),
-                            self.org_profile, self.cancel)
+                            oprof, self.cancel)
+            if wide and self.widen_rest > 0:  # widened MM bids rest further down, cancelled like the others
+                wr = self.widen_rows
+                books.add_band(wr, (self.widen_rest * self.widen_share * wd * self.d1 * self.mm_share * self.f_bid * self.cancel)[wr],
+                               *self.widen_levels)
             if t % rec.snap_every == 0:
-                (db, lb), (da, la) = books.observe(BAND_PCTS, SNAP_LEVELS, mm_bid, mm_ask, self.mm_profile, self.hs)
+                (db, lb), (da, la) = books.observe(BAND_PCTS, SNAP_LEVELS, mm_bid, mm_ask, prof, self.hs)
                 self.eff_depth = np.maximum(np.minimum(db[:, 0], da[:, 0]), 1e-6 * self.d1)
                 rec.depth_bid[snap], rec.depth_ask[snap] = db, da
                 rec.snap_bid_px[snap], rec.snap_bid_amt[snap] = lb
