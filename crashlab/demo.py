@@ -53,6 +53,7 @@ class DemoResult:
     attribution: pl.DataFrame | None
     legs: pl.DataFrame | None
     seconds: dict[str, float] = field(default_factory=dict)
+    events: int = 0  # rows the simulation wrote into the lake
 
 
 def _fresh_lake(path: Path) -> Lake:
@@ -76,7 +77,7 @@ def run_demo(out: Path, *, scale: float = 1.0, seed: int = 20251010, workers: in
     out.mkdir(parents=True, exist_ok=True)
     lake = _fresh_lake(out / "lake")
     secs: dict[str, float] = {}
-    steps = 7 if report else 5
+    steps = 5 if report else 4
     with Progress(
         TextColumn("[bold]{task.fields[stage]:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TextColumn("{task.description}"), console=console, transient=True,
@@ -110,10 +111,8 @@ def run_demo(out: Path, *, scale: float = 1.0, seed: int = 20251010, workers: in
         done("timeline", t)
 
         t = stage("replay", "internal_book and conversion_rate")
-        runs = {}
         for rule in ("internal_book", "conversion_rate"):
-            res = run_replay(lake, SCENARIO, START, END, rules={RULE: rule}, out_dir=out / "runs" / rule, run_id=f"demo-{rule}")
-            runs[rule] = res
+            run_replay(lake, SCENARIO, START, END, rules={RULE: rule}, out_dir=out / "runs" / rule, run_id=f"demo-{rule}")
         cmp = compare_runs(out / "runs" / "internal_book", out / "runs" / "conversion_rate")
         (out / "compare.json").write_text(json.dumps(cmp, indent=2, default=str))
         done("replay", t)
@@ -136,12 +135,14 @@ def run_demo(out: Path, *, scale: float = 1.0, seed: int = 20251010, workers: in
     return DemoResult(
         out=out, lake=lake.root, report=rep.index if rep else None, calibration=cal, compare=cmp,
         attribution=att.attribution if att else None, legs=att.legs if att else None, seconds=secs,
+        events=summary.events,
     )
 
 
 def _print_summary(res: DemoResult, console: Console) -> None:
     cal = res.calibration
     ok = int(cal["within"].sum()) if cal.height else 0
+    console.print(f"[bold]simulated lake[/]: {res.events:,} events (source='simulated'; not recorded market data)")
     console.print(f"[bold]calibration[/]: {ok}/{cal.height} targets within tolerance (SIMULATED data; table in {res.out / 'calibration.csv'})")
     if res.legs is not None and res.legs.height:
         legs = res.legs.with_columns(pl.col("move_pct").abs().alias("_abs")).sort("_abs", descending=True).head(5)
