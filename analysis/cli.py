@@ -213,7 +213,6 @@ def cmd_timeline(args: argparse.Namespace) -> int:
     from . import timeline
 
     console = Console()
-    err = Console(stderr=True)
     params = {"start": args.start, "end": args.end, "step": args.step, "top": args.top}
     if args.symbols:
         params["symbols"] = args.symbols

@@ -219,13 +219,7 @@ class Folder:
                 lad = book.ladder()
                 if lad is None:
                     continue
-                kk = min((int(kv[e - 1]) // self.L + 1) * self.L - 1, self.T - 1)
-                mid, lb, la = lad
-                self._arr(self.bid, i, (self.T, P), np.nan)[kk] = lb
-                self._arr(self.ask, i, (self.T, P), np.nan)[kk] = la
-                key = (i, PTYPES["book_mid"])
-                self._arr(self.prices, key, self.T, np.nan)[kk] = mid
-                self._arr(self.ids, key, self.T, 0, np.int64)[kk] = eid[e - 1]
+                self._store_ladder(i, lad, int(kv[e - 1]), int(eid[e - 1]))
 
     def _deltas(self, i: int, book: ArrayBook, ks, edges, side, price, amount, eid, kv) -> None:
         """The `_books` loop for a run of plain deltas (no snapshot): same updates, same ladders."""
@@ -241,13 +235,17 @@ class Folder:
             if lad is None:
                 continue
             e = edges[j + 1]
-            kk = min((int(kv[e - 1]) // self.L + 1) * self.L - 1, self.T - 1)
-            mid, lb, la = lad
-            self._arr(self.bid, i, (self.T, P), np.nan)[kk] = lb
-            self._arr(self.ask, i, (self.T, P), np.nan)[kk] = la
-            key = (i, PTYPES["book_mid"])
-            self._arr(self.prices, key, self.T, np.nan)[kk] = mid
-            self._arr(self.ids, key, self.T, 0, np.int64)[kk] = eid[e - 1]
+            self._store_ladder(i, lad, int(kv[e - 1]), int(eid[e - 1]))
+
+    def _store_ladder(self, i: int, lad, k: int, eid: int) -> None:
+        """Record a book's ladder and mid at the end of the sampling step holding event step `k`."""
+        kk = min((k // self.L + 1) * self.L - 1, self.T - 1)
+        mid, lb, la = lad
+        self._arr(self.bid, i, (self.T, P), np.nan)[kk] = lb
+        self._arr(self.ask, i, (self.T, P), np.nan)[kk] = la
+        key = (i, PTYPES["book_mid"])
+        self._arr(self.prices, key, self.T, np.nan)[kk] = mid
+        self._arr(self.ids, key, self.T, 0, np.int64)[kk] = eid
 
     def _bands(self, b: EventBatch, k: np.ndarray, idx: np.ndarray) -> None:
         inst = b.inst[idx]

@@ -129,6 +129,24 @@ def _decide_market(path: Path, kind: str, symbol: str, first: str, header: bool,
 
 # ---- columns -----------------------------------------------------------------------------------
 
+def _instrument_and_columns(path, market: str, native: str, kind: str, width: int, header: bool, first: str,
+                            decisions: dict):
+    """The instrument and the column names a file must have; both readers (whole file, chunked) check
+    the same way, so a file is refused for the same reason whichever path reads it."""
+    try:
+        ins = binance_vision(market, native)
+    except UnknownSymbol as e:
+        raise FormatError(path, str(e)) from None
+    if ins.contract_size:
+        decisions["contract_size"] = f"{ins.contract_size:g} USD per contract"
+    cols = _columns(kind, market, width)
+    if width != len(cols):
+        raise FormatError(path, f"{width} columns, expected {len(cols)} for {market} {kind}: {','.join(cols)}", 1)
+    if header:
+        _check_header(path, first, cols)
+    return ins, cols
+
+
 def _columns(kind: str, market: str, width: int) -> list[str]:
     if kind == "aggTrades":
         return AGG + (["is_best_match"] if market == "spot" else [])
@@ -270,17 +288,7 @@ def parse(path: Path, options: Options) -> Parsed:
         else:
             raise FormatError(path, "cannot tell spot from futures for this file: pass --market spot or --market perp")
     decisions.update(market=market, market_basis=basis)
-    try:
-        ins = binance_vision(market, native)
-    except UnknownSymbol as e:
-        raise FormatError(path, str(e)) from None
-    if ins.contract_size:
-        decisions["contract_size"] = f"{ins.contract_size:g} USD per contract"
-    cols = _columns(kind, market, width)
-    if width != len(cols):
-        raise FormatError(path, f"{width} columns, expected {len(cols)} for {market} {kind}: {','.join(cols)}", 1)
-    if header:
-        _check_header(path, first, cols)
+    ins, cols = _instrument_and_columns(path, market, native, kind, width, header, first, decisions)
     df = c.read_csv_strings(path, data, cols, header=header)
     rejected = [c.empty_rejected()]
     if kind in ("bookDepth", "metrics"):
@@ -357,17 +365,7 @@ def iter_parse(path: Path, options: Options, chunk_rows: int) -> Iterator[Parsed
     ts_col = "transact_time" if kind == "aggTrades" else "time"
     width = len(first.split(","))
     decisions.update(market=market, market_basis=basis)
-    try:
-        ins = binance_vision(market, native)
-    except UnknownSymbol as e:
-        raise FormatError(path, str(e)) from None
-    if ins.contract_size:
-        decisions["contract_size"] = f"{ins.contract_size:g} USD per contract"
-    cols = _columns(kind, market, width)
-    if width != len(cols):
-        raise FormatError(path, f"{width} columns, expected {len(cols)} for {market} {kind}: {','.join(cols)}", 1)
-    if header:
-        _check_header(path, first, cols)
+    ins, cols = _instrument_and_columns(path, market, native, kind, width, header, first, decisions)
     expected = _expected_unit(market, day)
     evidence: dict[str, int] = {}
     for df in c.iter_csv_strings(path, cols, header=header, chunk_rows=chunk_rows):
