@@ -66,6 +66,7 @@ def _duck_type(t: pa.DataType) -> str:
         pa.int32(): "INTEGER",
         pa.float64(): "DOUBLE",
         pa.string(): "VARCHAR",
+        pa.large_string(): "VARCHAR",
         pa.bool_(): "BOOLEAN",
     }[t]
 

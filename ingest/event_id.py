@@ -9,6 +9,8 @@ UTF-8 bytes (numeric strings such as trade ids by their integer value, which is 
 from __future__ import annotations
 
 import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import polars as pl
@@ -19,9 +21,14 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _NULL = np.uint64(0x6A09E667F3BCC908)
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser, in place (x is a scratch array owned by the caller)."""
-    t = x >> np.uint64(30)
+#: Rows mixed per block: two blocks of 8-byte words stay in the L2 cache, which makes the mix
+#: ~4× faster than one pass over a whole column (measured on 266 k rows: 1.0 ms vs 4.6 ms).
+_BLOCK = 32_768
+
+
+def _mix(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, in place (`x` and the scratch `t` are owned by the caller)."""
+    np.right_shift(x, np.uint64(30), out=t)
     x ^= t
     x *= _M1
     np.right_shift(x, np.uint64(27), out=t)
@@ -36,6 +43,31 @@ def _blake64(s: str) -> int:
     return int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little")
 
 
+def _value_image(v: str) -> int:
+    """One string's image: its integer value if it reads as one (as the column cast reads it), else a hash."""
+    i = pl.Series([v], dtype=pl.String).cast(pl.Int64, strict=False)[0]
+    return (int(i) & 0xFFFFFFFFFFFFFFFF) if i is not None else (_blake64(v) ^ 0x5DEECE66D)
+
+
+def _few_values_image(s: pl.Series, nulls: int) -> np.ndarray | None:
+    """Images of a column of a handful of distinct values (sides, flags), or None if it has more.
+
+    One vectorised comparison per value, and no integer cast of the whole column (which costs
+    more than all the comparisons when no value is a number).
+    """
+    few = s.head(4096).drop_nulls().unique()
+    if len(few) > 8:
+        return None
+    img = np.empty(len(s), dtype=np.uint64)
+    covered = s.is_null().to_numpy() if nulls else np.zeros(len(s), dtype=bool)
+    img[covered] = _NULL
+    for v in few.to_list():
+        m = (s == v).fill_null(False).to_numpy()
+        img[m] = _value_image(v)
+        covered |= m
+    return img if covered.all() else None
+
+
 def _string_image(s: pl.Series) -> np.ndarray:
     """Each string's image, with every distinct non-numeric value hashed once.
 
@@ -46,33 +78,21 @@ def _string_image(s: pl.Series) -> np.ndarray:
     n = len(s)
     nulls = s.null_count()
     if nulls == n:
-        return np.full(n, _NULL, dtype=np.uint64)
-    if not nulls and (s == s[0]).all():  # a constant column (venue, symbol): one image
-        first = s[:1]
-        i = first.cast(pl.Int64, strict=False)[0]
-        img = (int(i) & 0xFFFFFFFFFFFFFFFF) if i is not None else (_blake64(first[0]) ^ 0x5DEECE66D)
-        return np.full(n, np.uint64(img), dtype=np.uint64)
+        return np.asarray(_NULL)
+    if not nulls and (s == s[0]).all():  # a constant column (venue, symbol): one image, broadcast
+        return np.asarray(np.uint64(_value_image(s[0])))
+    few = _few_values_image(s, nulls)
+    if few is not None:
+        return few
     as_int = s.cast(pl.Int64, strict=False)
     out = as_int.fill_null(0).to_numpy().astype(np.int64, copy=False).view(np.uint64).copy()
     n_text = as_int.null_count() - nulls  # non-null values that are not integers
     if n_text:
         text_mask = (as_int.is_null() & s.is_not_null())
         text = s if n_text == n else s.filter(text_mask)
-        few = text.head(4096).unique()
-        img = None
-        if len(few) <= 8:  # sides, flags: a handful of values, one vectorised comparison each
-            img = np.zeros(len(text), dtype=np.uint64)
-            covered = np.zeros(len(text), dtype=bool)
-            for v in few.to_list():
-                m = (text == v).to_numpy()
-                img[m] = _blake64(v) ^ 0x5DEECE66D
-                covered |= m
-            if not covered.all():
-                img = None
-        if img is None:
-            uniq = text.unique()
-            images = pl.Series([_blake64(v) ^ 0x5DEECE66D for v in uniq.to_list()], dtype=pl.UInt64)
-            img = text.replace_strict(uniq, images, return_dtype=pl.UInt64).to_numpy()
+        uniq = text.unique()
+        images = pl.Series([_blake64(v) ^ 0x5DEECE66D for v in uniq.to_list()], dtype=pl.UInt64)
+        img = text.replace_strict(uniq, images, return_dtype=pl.UInt64).to_numpy()
         if n_text == n:
             out[:] = img
         else:
@@ -108,15 +128,52 @@ def _image(s: pl.Series) -> np.ndarray:
     return out
 
 
+def _ids_into(h: np.ndarray, df: pl.DataFrame, columns: list[str]) -> None:
+    """Fold the columns' images into `h` (pre-filled with the namespace's image), block by block."""
+    n = len(df)
+    scratch = np.empty(min(n, _BLOCK), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for c in columns:
+            img = _image(df[c])
+            for i in range(0, n, _BLOCK):
+                hb = h[i : i + _BLOCK]
+                hb *= _GOLDEN
+                hb ^= img if img.ndim == 0 else img[i : i + _BLOCK]
+                _mix(hb, scratch[: len(hb)])
+
+
+#: Frames with more rows than this are split across threads: NumPy and Polars release the GIL in
+#: their loops, so two cores nearly halve the time (266 k trades: 42 ms -> 23 ms).
+_THREADED_ROWS = 4 * _BLOCK
+_THREADS = max(1, min(4, os.cpu_count() or 1))
+_pool: ThreadPoolExecutor | None = None
+
+
+def _forget_pool() -> None:
+    """A forked child has none of the parent's threads: it starts its own pool when it needs one."""
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def event_ids(df: pl.DataFrame, columns: list[str], namespace: str) -> pl.Series:
     """Ids for the rows of `df`, from `columns` (which must identify a source row) and a namespace.
 
     The namespace (e.g. ``"trades"``) keeps a trade and a depth band with equal components apart.
+    Each row's id depends on that row alone, so the rows may be hashed in parts, in parallel.
     """
-    h = np.full(len(df), np.uint64(_blake64(namespace)), dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for c in columns:
-            h *= _GOLDEN
-            h ^= _image(df[c])
-            h = _mix(h)
+    global _pool
+    n = len(df)
+    h = np.full(n, np.uint64(_blake64(namespace)), dtype=np.uint64)
+    if n < _THREADED_ROWS or _THREADS == 1:
+        _ids_into(h, df, columns)
+    else:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="event-ids")
+        step = -(-n // (_THREADS * _BLOCK)) * _BLOCK  # whole blocks per part
+        parts = [(h[i : i + step], df.slice(i, step)) for i in range(0, n, step)]
+        for f in [_pool.submit(_ids_into, hp, dp, columns) for hp, dp in parts]:
+            f.result()
     return pl.Series("event_id", h.view(np.int64))

@@ -20,8 +20,11 @@ file is ordered by arrival, not exchange time), so "sorted" is a per-file promis
 need one order merge files (replay's k-way merge) or ORDER BY ts, as they must anyway for the
 many sources sharing a partition. A source that fits in one chunk keeps the single-file name.
 
-Dictionary encoding is used only for the low-cardinality string columns (venue, symbol, side, ...):
-on high-cardinality ones (ids, prices) it costs most of the write time and saves nothing.
+Data files are written by Polars (zstd level 1, statistics on), which encodes columns on all cores
+and picks dictionary encoding per column chunk where values repeat; pyarrow's writer, one core,
+took 1.5-2x longer on the same frames (bench/bench_ingest.py). The file's Arrow schema is the
+canonical one from `schema.py` (text as large_string). The manifest and the quarantine, small
+and streamed, are written with pyarrow.
 
 Only validated venue names and dates become directory names; symbols never touch the file system.
 """
@@ -44,8 +47,8 @@ from . import schema
 from .paths import default_lake
 
 ROW_GROUP = 128 * 1024
-#: String columns with many distinct values: dictionary encoding does not pay for them.
-_NO_DICT = frozenset({"trade_id", "label", "source_url", "account", "path", "raw", "decisions", "sha256", "cursor"})
+#: Manifest and quarantine text with many distinct values: dictionary encoding does not pay for them.
+_NO_DICT = frozenset({"path", "raw", "decisions", "sha256", "cursor"})
 _SAFE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
 _SID = re.compile(r"^[0-9a-f]{16}$")
 
@@ -138,20 +141,34 @@ class Lake:
 
     @staticmethod
     def _dict_columns(sch: pa.Schema) -> list[str]:
-        return [f.name for f in sch if pa.types.is_string(f.type) and f.name not in _NO_DICT]
+        text = [f.name for f in sch if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+        return [n for n in text if n not in _NO_DICT]
 
-    def _write_atomic(self, table: pa.Table, path: Path) -> None:
+    @contextmanager
+    def _atomic(self, path: Path) -> Iterator[Path]:
+        """A hidden temp name to write `path` under, renamed into place only if the write finished."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            pq.write_table(
-                table, tmp, compression="zstd", row_group_size=ROW_GROUP, write_statistics=True,
-                use_dictionary=self._dict_columns(table.schema),
-            )
+            yield tmp
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+    def _write_atomic(self, table: pa.Table, path: Path) -> None:
+        with self._atomic(path) as tmp:
+            pq.write_table(
+                table, tmp, compression="zstd", row_group_size=ROW_GROUP, write_statistics=True,
+                use_dictionary=self._dict_columns(table.schema),
+            )
+
+    def _write_frame(self, table: str, df: pl.DataFrame, path: Path) -> None:
+        with self._atomic(path) as tmp:
+            df.write_parquet(
+                tmp, compression="zstd", compression_level=1, statistics=True, row_group_size=ROW_GROUP,
+                arrow_schema=schema.TABLES[table],
+            )
 
     def source_files(self, source_id: str) -> list[Path]:
         """Every data and quarantine file of a source (all parts), committed or not."""
@@ -202,9 +219,8 @@ class Lake:
                 raise LakeError(f"{table}: rows without a timestamp reached the writer")
             if not grp["ts"].is_sorted():
                 grp = grp.sort("ts", maintain_order=True)
-            arrow = schema.conform(table, grp.to_arrow(compat_level=pl.CompatLevel.oldest()))
             path = self.table_dir(table) / venue / day / name
-            self._write_atomic(arrow, path)
+            self._write_frame(table, schema.conform_frame(table, grp), path)
             paths.append(path)
         return paths
 

@@ -56,9 +56,10 @@ def _raw_text(parsed: Parsed, bad: pl.DataFrame, tables: dict[str, pl.DataFrame]
         return pl.Series("raw", [], dtype=pl.String)
     keys = bad.select("_row")
     out = pl.Series("raw", [None] * bad.height, dtype=pl.String)
-    if parsed.raw is not None and "_row" in parsed.raw.columns:
-        cols = [c for c in parsed.raw.columns if c != "_row"]
-        raw = parsed.raw.filter(pl.col("_row").is_in(keys["_row"].implode())).select(
+    lines = parsed.raw() if callable(parsed.raw) else parsed.raw
+    if lines is not None and "_row" in lines.columns:
+        cols = [c for c in lines.columns if c != "_row"]
+        raw = lines.filter(pl.col("_row").is_in(keys["_row"].implode())).select(
             "_row", pl.concat_str([pl.col(c).cast(pl.String).fill_null("") for c in cols], separator=",").alias("raw")
         )
         out = keys.join(raw, on="_row", how="left", maintain_order="left")["raw"]

@@ -7,9 +7,13 @@ schemas, so a column means the same thing wherever it is read. See `../shared/DE
 
 from __future__ import annotations
 
+import polars as pl
 import pyarrow as pa
 
 TS = pa.timestamp("us", tz="UTC")
+#: Text is Arrow `large_string`: what Polars, the lake's writer, stores (see `lake.py`). DuckDB and
+#: Polars read it as plain text; pyarrow readers get `large_string`, which casts to `string` freely.
+TEXT = pa.large_string()
 
 #: Venues the lake accepts. A venue becomes a directory name, so it must be one of these
 #: (no free text from a file ever reaches the file system).
@@ -27,12 +31,12 @@ MARKETS = frozenset({"spot", "perp", "future", "option", "pool", "index"})
 _KEY = [
     ("event_id", pa.int64()),
     ("ts", TS),
-    ("venue", pa.string()),
-    ("market", pa.string()),
-    ("symbol", pa.string()),
-    ("native_symbol", pa.string()),
+    ("venue", TEXT),
+    ("market", TEXT),
+    ("symbol", TEXT),
+    ("native_symbol", TEXT),
 ]
-_TAIL = [("source", pa.string()), ("source_id", pa.string())]
+_TAIL = [("source", TEXT), ("source_id", TEXT)]
 
 
 def _schema(*cols: tuple[str, pa.DataType]) -> pa.Schema:
@@ -42,8 +46,8 @@ def _schema(*cols: tuple[str, pa.DataType]) -> pa.Schema:
 TABLES: dict[str, pa.Schema] = {
     "trades": _schema(
         ("local_ts", TS),
-        ("trade_id", pa.string()),
-        ("side", pa.string()),  # taker side: buy | sell | null (unknown)
+        ("trade_id", TEXT),
+        ("side", TEXT),  # taker side: buy | sell | null (unknown)
         ("price", pa.float64()),
         ("amount", pa.float64()),  # base asset
         ("quote_amount", pa.float64()),  # price * amount (USD notional for inverse contracts)
@@ -51,7 +55,7 @@ TABLES: dict[str, pa.Schema] = {
     ),
     "book_snapshots": _schema(
         ("local_ts", TS),
-        ("side", pa.string()),  # bid | ask
+        ("side", TEXT),  # bid | ask
         ("level", pa.int32()),  # 0 = best
         ("price", pa.float64()),
         ("amount", pa.float64()),
@@ -59,7 +63,7 @@ TABLES: dict[str, pa.Schema] = {
     "book_deltas": _schema(
         ("local_ts", TS),
         ("is_snapshot", pa.bool_()),
-        ("side", pa.string()),
+        ("side", TEXT),
         ("price", pa.float64()),
         ("amount", pa.float64()),  # 0 deletes the level
     ),
@@ -69,8 +73,8 @@ TABLES: dict[str, pa.Schema] = {
         ("notional", pa.float64()),  # quote
     ),
     "bars": _schema(
-        ("interval", pa.string()),
-        ("price_type", pa.string()),  # trade | mark | index | premium
+        ("interval", TEXT),
+        ("price_type", TEXT),  # trade | mark | index | premium
         ("open", pa.float64()),
         ("high", pa.float64()),
         ("low", pa.float64()),
@@ -81,7 +85,7 @@ TABLES: dict[str, pa.Schema] = {
         ("taker_buy_volume", pa.float64()),
     ),
     "prices": _schema(
-        ("price_type", pa.string()),  # mark | index | oracle | pool | conversion_rate | last ...
+        ("price_type", TEXT),  # mark | index | oracle | pool | conversion_rate | last ...
         ("price", pa.float64()),
     ),
     "funding": _schema(("rate", pa.float64())),
@@ -91,11 +95,11 @@ TABLES: dict[str, pa.Schema] = {
     ),
     "liquidations": _schema(
         ("local_ts", TS),
-        ("side", pa.string()),  # side of the forced order: sell closes a long
+        ("side", TEXT),  # side of the forced order: sell closes a long
         ("price", pa.float64()),
         ("amount", pa.float64()),
         ("quote_amount", pa.float64()),
-        ("account", pa.string()),
+        ("account", TEXT),
     ),
     # Markers carry no venue/market/symbol. `end_ts` (beyond DESIGN.md) closes a window marker
     # such as Binance's compensation window 21:36-22:16; null for point events.
@@ -104,11 +108,11 @@ TABLES: dict[str, pa.Schema] = {
             pa.field("event_id", pa.int64()),
             pa.field("ts", TS),
             pa.field("end_ts", TS),
-            pa.field("label", pa.string()),
-            pa.field("kind", pa.string()),
-            pa.field("source_url", pa.string()),
-            pa.field("source", pa.string()),
-            pa.field("source_id", pa.string()),
+            pa.field("label", TEXT),
+            pa.field("kind", TEXT),
+            pa.field("source_url", TEXT),
+            pa.field("source", TEXT),
+            pa.field("source_id", TEXT),
         ]
     ),
 }
@@ -130,30 +134,30 @@ TABLE_PRIORITY: dict[str, int] = {
 
 MANIFEST_SCHEMA = pa.schema(
     [
-        pa.field("source_id", pa.string()),
-        pa.field("sha256", pa.string()),
-        pa.field("path", pa.string()),  # path or URL as given
-        pa.field("format", pa.string()),  # detected format, e.g. tardis.trades
-        pa.field("decisions", pa.string()),  # JSON: what was decided (ts unit, price type, venue...)
-        pa.field("tables", pa.string()),  # comma-separated tables written
+        pa.field("source_id", TEXT),
+        pa.field("sha256", TEXT),
+        pa.field("path", TEXT),  # path or URL as given
+        pa.field("format", TEXT),  # detected format, e.g. tardis.trades
+        pa.field("decisions", TEXT),  # JSON: what was decided (ts unit, price type, venue...)
+        pa.field("tables", TEXT),  # comma-separated tables written
         pa.field("rows_read", pa.int64()),
         pa.field("rows_written", pa.int64()),
         pa.field("rows_quarantined", pa.int64()),
         pa.field("first_ts", TS),
         pa.field("last_ts", TS),
         pa.field("ingested_at", TS),
-        pa.field("tool_version", pa.string()),
-        pa.field("cursor", pa.string()),  # resumable fetches keep their position here (JSON)
+        pa.field("tool_version", TEXT),
+        pa.field("cursor", TEXT),  # resumable fetches keep their position here (JSON)
     ]
 )
 
 QUARANTINE_SCHEMA = pa.schema(
     [
-        pa.field("source_id", pa.string()),
-        pa.field("path", pa.string()),
+        pa.field("source_id", TEXT),
+        pa.field("path", TEXT),
         pa.field("line", pa.int64()),  # 1-based line in the source file (header counts), null if n/a
-        pa.field("reason", pa.string()),
-        pa.field("raw", pa.string()),  # the row as read, for a human to look at
+        pa.field("reason", TEXT),
+        pa.field("raw", TEXT),  # the row as read, for a human to look at
     ]
 )
 
@@ -161,6 +165,23 @@ QUARANTINE_SCHEMA = pa.schema(
 def empty(table: str) -> pa.Table:
     """An empty table with the canonical schema, for sources that yield no rows of a kind."""
     return TABLES[table].empty_table()
+
+
+def _polars_schema(table: str) -> pl.Schema:
+    return pl.from_arrow(TABLES[table].empty_table()).schema  # type: ignore[union-attr]
+
+
+POLARS: dict[str, pl.Schema] = {t: _polars_schema(t) for t in TABLES}
+
+
+def conform_frame(table: str, df: pl.DataFrame) -> pl.DataFrame:
+    """Reorder and cast a Polars frame to the canonical schema; a missing or extra column is a bug."""
+    target = POLARS[table]
+    missing = [n for n in target if n not in df.columns]
+    extra = [c for c in df.columns if c not in target]
+    if missing or extra:
+        raise ValueError(f"{table}: columns missing {missing}, unexpected {extra}")
+    return df.select(pl.col(n).cast(t) if df.schema[n] != t else pl.col(n) for n, t in target.items())
 
 
 def conform(table: str, data: pa.Table) -> pa.Table:

@@ -149,7 +149,10 @@ def _duplicates(table: str, df: pl.DataFrame, bad_rows: pl.Series | None, seen: 
     if not (srt[1:] == srt[:-1]).any():  # the usual case: no id twice in this chunk
         if seen is None:
             return none
-        before = seen.lookup(table, ids) if not seen.empty(table) else np.full(len(ids), -1, dtype=np.int64)
+        if seen.empty(table):  # the first chunk: nothing to look up, every id is new
+            seen.add(table, ids, rows)
+            return none
+        before = seen.lookup(table, ids)
         earlier = before >= 0
         seen.add(table, ids[~earlier], rows[~earlier])
         if not earlier.any():

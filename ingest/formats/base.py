@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import polars as pl
 
@@ -43,7 +43,9 @@ class Parsed:
     )
     day: date | None = None  # the file's day, if its name says; rows far outside it are rejected
     decisions: dict[str, Any] = field(default_factory=dict)  # what was detected or chosen, and why
-    raw: pl.DataFrame | None = None  # the source rows as text (_row + columns), to quote in quarantine
+    # The source rows as text (_row + columns), to quote in the quarantine; a function when the text
+    # is only read again if some line is rejected (see `common.read_csv_cells`).
+    raw: pl.DataFrame | Callable[[], pl.DataFrame] | None = None
     id_columns: dict[str, list[str]] = field(default_factory=dict)  # override per table
 
 

@@ -368,7 +368,7 @@ def iter_parse(path: Path, options: Options, chunk_rows: int) -> Iterator[Parsed
     ins, cols = _instrument_and_columns(path, market, native, kind, width, header, first, decisions)
     expected = _expected_unit(market, day)
     evidence: dict[str, int] = {}
-    for df in c.iter_csv_strings(path, cols, header=header, chunk_rows=chunk_rows):
+    for df, _ in c.iter_csv_cells(path, cols, header=header, chunk_rows=chunk_rows):
         _, chunk_evidence = c.decide_unit(df.select(c.integer(ts_col)).to_series())
         for k, v in chunk_evidence.items():
             evidence[k] = evidence.get(k, 0) + v

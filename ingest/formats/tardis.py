@@ -56,6 +56,14 @@ COLUMNS: dict[str, list[str]] = {
     + ["funding_timestamp", "funding_rate", "predicted_funding_rate", "open_interest", "last_price", "index_price", "mark_price"],
 }
 
+_TEXT = {"exchange", "symbol", "id", "side", "is_snapshot"}
+
+
+def numeric_columns(columns: list[str]) -> dict[str, pl.DataType]:
+    """The columns read as numbers: epoch times as integers, the rest (prices, amounts, rates) as floats."""
+    return {n: (pl.Int64 if n.endswith("timestamp") else pl.Float64) for n in columns if n not in _TEXT}
+
+
 _NAME = re.compile(
     r"^(?P<exchange>[a-z0-9-]+)_(?P<dtype>" + "|".join(sorted(COLUMNS, key=len, reverse=True))
     + r")_(?P<day>\d{4}-\d{2}-\d{2})_(?P<symbol>.+)\.csv(\.gz)?$"
@@ -240,12 +248,15 @@ def _unit_check(path: Path, unit: str | None, evidence: dict[str, int]) -> None:
         raise FormatError(path, f"timestamps are in {c.UNIT_NAMES[unit]} by magnitude ({evidence}); Tardis files are in µs")
 
 
-def _convert(path: Path, df: pl.DataFrame, dtype: str, decisions: dict, evidence: dict[str, int] | None) -> Parsed:
-    """Canonical tables from the text rows of a whole file (`evidence` None) or of one chunk.
+def _convert(
+    path: Path, chunk: c.CsvChunk, dtype: str, decisions: dict, evidence: dict[str, int] | None
+) -> Parsed:
+    """Canonical tables from the rows of a whole file (`evidence` None) or of one chunk.
 
     For a chunk, `evidence` accumulates the per-unit row counts over the chunks so far; rows are
     converted as µs (the only unit a Tardis file may have) and the majority is checked at the end.
     """
+    df, text = chunk
     ins = _instruments(path, df)
     decisions["exchanges"] = sorted(set(decisions.get("exchanges", [])) | set(ins["exchange"].unique().to_list()))
     sizes = {r["symbol"]: f"{r['_size']:g} {r['_unit']}" for r in ins.iter_rows(named=True) if r["_size"] is not None}
@@ -298,7 +309,7 @@ def _convert(path: Path, df: pl.DataFrame, dtype: str, decisions: dict, evidence
         rejected=rej,
         day=c.file_day(path),
         decisions=decisions,
-        raw=df,
+        raw=text,
     )
 
 
@@ -306,8 +317,9 @@ def parse(path: Path, options: Options) -> Parsed:
     dtype, expected, decisions = _open(path)
     if not dtype:
         return Parsed(format=f"tardis.{expected[0]}", rows_read=0, tables={}, day=c.file_day(path), decisions=decisions)
-    df = c.read_csv_strings(path, None if path.name.lower().endswith((".gz", ".csv")) else c.read_bytes(path), expected, header=True)
-    return _convert(path, df, dtype, decisions, None)
+    data = None if path.name.lower().endswith((".gz", ".csv")) else c.read_bytes(path)
+    chunk = c.read_csv_cells(path, data, expected, header=True, numeric=numeric_columns(expected))
+    return _convert(path, chunk, dtype, decisions, None)
 
 
 #: Lines of a book-snapshot file make 2 rows per level: fewer lines per chunk keep memory flat.
@@ -327,7 +339,7 @@ def iter_parse(path: Path, options: Options, chunk_rows: int) -> Iterator[Parsed
         return
     evidence: dict[str, int] = {}
     lines = max(1, chunk_rows // _FANOUT.get(dtype, 1))
-    for df in c.iter_csv_strings(path, expected, header=True, chunk_rows=lines):
-        yield _convert(path, df, dtype, decisions, evidence)
+    for chunk in c.iter_csv_cells(path, expected, header=True, chunk_rows=lines, numeric=numeric_columns(expected)):
+        yield _convert(path, chunk, dtype, decisions, evidence)
     ranked = sorted((v, k) for k, v in evidence.items() if k != "none")
     _unit_check(path, ranked[-1][1] if ranked else None, evidence)
