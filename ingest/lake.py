@@ -21,8 +21,8 @@ need one order merge files (replay's k-way merge) or ORDER BY ts, as they must a
 many sources sharing a partition. A source that fits in one chunk keeps the single-file name.
 
 Data files are written by Polars (zstd level 1, statistics on), which encodes columns on all cores
-and picks dictionary encoding per column chunk where values repeat; pyarrow's writer, one core,
-took 1.5-2x longer on the same frames (bench/bench_ingest.py). The file's Arrow schema is the
+and picks dictionary encoding per column chunk where values repeat; pyarrow's writer, on one core,
+took 1.3-1.6x the wall time for the same 266 k trades (though less CPU in all). The file's Arrow schema is the
 canonical one from `schema.py` (text as large_string). The manifest and the quarantine, small
 and streamed, are written with pyarrow.
 

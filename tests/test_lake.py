@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 from datetime import date, datetime, timezone
 
+import duckdb
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
+from crashlab.ingest import schema
 from crashlab.ingest.event_id import event_ids
 from crashlab.ingest.formats.base import Parsed
 from crashlab.ingest.lake import Lake, LakeError
@@ -56,6 +59,11 @@ def test_write_read_back_sorted_and_typed(tmp_path):
     assert back.schema["ts"] == pl.Datetime("us", "UTC")
     assert back["source"].unique().to_list() == ["test"]
     assert lake.manifest()["rows_written"].to_list() == [6]
+    # The file carries the canonical Arrow schema, for pyarrow readers too, and DuckDB reads it typed.
+    stored = pq.read_schema(files[0])
+    assert [(f.name, f.type) for f in stored] == [(f.name, f.type) for f in schema.TABLES["trades"]]
+    types = {r[0]: r[1] for r in duckdb.sql(f"DESCRIBE SELECT * FROM '{files[0]}'").fetchall()}
+    assert types["ts"] == "TIMESTAMP WITH TIME ZONE" and types["symbol"] == "VARCHAR" and types["event_id"] == "BIGINT"
 
 
 def test_same_source_twice_changes_nothing(tmp_path):

@@ -54,6 +54,8 @@ _NAME = re.compile(
 AGG = ["agg_trade_id", "price", "quantity", "first_trade_id", "last_trade_id", "transact_time", "is_buyer_maker"]
 TRADES_UM = ["id", "price", "qty", "quote_qty", "time", "is_buyer_maker"]
 TRADES_CM = ["id", "price", "qty", "base_qty", "time", "is_buyer_maker"]
+#: Read as numbers when every cell is one (`common.read_csv_cells`); ids stay text, as stored.
+_NUMERIC_TRADE_COLUMNS = {"price", "quantity", "qty", "quote_qty", "base_qty"}
 KLINES = [
     "open_time", "open", "high", "low", "close", "volume", "close_time", "quote_volume", "count",
     "taker_buy_volume", "taker_buy_quote_volume", "ignore",
@@ -368,7 +370,8 @@ def iter_parse(path: Path, options: Options, chunk_rows: int) -> Iterator[Parsed
     ins, cols = _instrument_and_columns(path, market, native, kind, width, header, first, decisions)
     expected = _expected_unit(market, day)
     evidence: dict[str, int] = {}
-    for df, _ in c.iter_csv_cells(path, cols, header=header, chunk_rows=chunk_rows):
+    numeric = {n: (pl.Int64 if n == ts_col else pl.Float64) for n in cols if n in _NUMERIC_TRADE_COLUMNS or n == ts_col}
+    for df, text in c.iter_csv_cells(path, cols, header=header, chunk_rows=chunk_rows, numeric=numeric):
         _, chunk_evidence = c.decide_unit(df.select(c.integer(ts_col)).to_series())
         for k, v in chunk_evidence.items():
             evidence[k] = evidence.get(k, 0) + v
@@ -380,7 +383,7 @@ def iter_parse(path: Path, options: Options, chunk_rows: int) -> Iterator[Parsed
                     c.rejections(work, c.boolean("is_buyer_maker").is_null(), "is_buyer_maker is not true/false")]
         rej = pl.concat(rejected, how="vertical_relaxed").unique("_row", keep="first", maintain_order=True)
         yield Parsed(format=fmt, rows_read=df.height, tables={"trades": _trades(work, kind, ins, native)},
-                     rejected=rej, day=day, decisions=decisions, raw=df)
+                     rejected=rej, day=day, decisions=decisions, raw=text)
     unit = _majority(evidence)
     if unit is not None and unit != expected:
         raise FormatError(

@@ -15,8 +15,8 @@ import re
 import zipfile
 import zlib
 from contextlib import contextmanager
-from functools import cache
 from datetime import date
+from functools import cache
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
