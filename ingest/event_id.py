@@ -52,20 +52,21 @@ def _value_image(v: str) -> int:
 def _few_values_image(s: pl.Series, nulls: int) -> np.ndarray | None:
     """Images of a column of a handful of distinct values (sides, flags), or None if it has more.
 
-    One vectorised comparison per value, and no integer cast of the whole column (which costs
-    more than all the comparisons when no value is a number).
+    One Polars expression maps each value to its image (no integer cast of the whole column, which
+    costs more than the mapping when no value is a number); a value the first rows did not show
+    stays null and sends the column to the general path.
     """
     few = s.head(4096).drop_nulls().unique()
     if len(few) > 8:
         return None
-    img = np.empty(len(s), dtype=np.uint64)
-    covered = s.is_null().to_numpy() if nulls else np.zeros(len(s), dtype=bool)
-    img[covered] = _NULL
+    col = pl.col(s.name)
+    image = pl.lit(None, dtype=pl.UInt64)
     for v in few.to_list():
-        m = (s == v).fill_null(False).to_numpy()
-        img[m] = _value_image(v)
-        covered |= m
-    return img if covered.all() else None
+        image = pl.when(col == v).then(pl.lit(_value_image(v), dtype=pl.UInt64)).otherwise(image)
+    if nulls:
+        image = pl.when(col.is_null()).then(pl.lit(int(_NULL), dtype=pl.UInt64)).otherwise(image)
+    out = s.to_frame().select(image.alias("image"))["image"]
+    return None if out.null_count() else out.to_numpy()
 
 
 def _string_image(s: pl.Series) -> np.ndarray:
@@ -85,8 +86,10 @@ def _string_image(s: pl.Series) -> np.ndarray:
     if few is not None:
         return few
     as_int = s.cast(pl.Int64, strict=False)
-    out = as_int.fill_null(0).to_numpy().astype(np.int64, copy=False).view(np.uint64).copy()
     n_text = as_int.null_count() - nulls  # non-null values that are not integers
+    if not n_text and not nulls:  # trade ids: every value a number, a read-only view is enough
+        return as_int.to_numpy().view(np.uint64)
+    out = as_int.fill_null(0).to_numpy().astype(np.int64, copy=False).view(np.uint64).copy()
     if n_text:
         text_mask = (as_int.is_null() & s.is_not_null())
         text = s if n_text == n else s.filter(text_mask)
