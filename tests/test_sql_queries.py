@@ -160,6 +160,20 @@ def test_depth_flags_stale_and_crossed_band(db):
     assert strict["stale"].sum() == 0 and strict["crossed"].all()
 
 
+def test_depth_uses_the_widest_band_within_the_distance(db):
+    """band_pct=2 reads the cumulative ±2 % bands (clean here), not the innermost ±1 % ones."""
+    d = db.query("depth", band_pct=2, stale_n=4)
+    assert set(d["band_pct"].to_list()) == {2.0}
+    assert d["bid_flagged"].sum() == 0 and d["bid_notional"].null_count() == 0
+    first = d.filter(pl.col("ts") == ts(0)).row(0, named=True)
+    # samples at 0 s and 30 s of minute 0: s = 0, 1; depth = 10 + s + 2, notional = depth * mid * (1 -/+ 1 %)
+    mids = [100.0, 99.5]
+    assert first["bid_depth"] == pytest.approx((12 + 13) / 2)
+    assert first["bid_notional"] == pytest.approx(sum((12 + s) * m * 0.99 for s, m in enumerate(mids)) / 2)
+    assert first["ask_notional"] == pytest.approx(sum((12 + s) * m * 1.01 for s, m in enumerate(mids)) / 2)
+    assert db.query("depth", band_pct=0.5).height == 0  # no band that narrow: no rows, not the 1 % band
+
+
 def test_depeg_against_peg_and_pool(db):
     d = db.query("depeg", start="2025-10-10T21:00", end="2025-10-10T21:10")
     assert d.height == 10

@@ -166,8 +166,8 @@ WHERE ts >= _lo(t0);
 CREATE MACRO depth_minutes(t0, t1, step, band, stale_n, stale_move) AS TABLE
 WITH chosen AS (
     SELECT venue, market, symbol,
-           max(band_pct) FILTER (WHERE band_pct < 0 AND band_pct >= -band) AS bid_band,
-           min(band_pct) FILTER (WHERE band_pct > 0 AND band_pct <= band) AS ask_band
+           min(band_pct) FILTER (WHERE band_pct < 0 AND band_pct >= -band) AS bid_band,
+           max(band_pct) FILTER (WHERE band_pct > 0 AND band_pct <= band) AS ask_band
     FROM (SELECT DISTINCT venue, market, symbol, band_pct FROM depth_bands) GROUP BY ALL
 ), ds AS (
     SELECT d.*, CASE WHEN d.band_pct < 0 THEN 'bid' ELSE 'ask' END AS side,
