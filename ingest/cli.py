@@ -68,7 +68,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         def tick(rep):
             bar.update(task, advance=1, description=Path(rep.path).name)
 
-        reports = ingest_paths(files, lake, options, jobs=args.jobs, progress=tick)
+        def rows(path: str, n: int) -> None:
+            bar.update(task, description=f"{Path(path).name}: {n:,} rows read")
+
+        reports = ingest_paths(files, lake, options, jobs=args.jobs, progress=tick, rows_progress=rows)
     if args.format == "json":
         print(json.dumps([report_dict(r) for r in reports], indent=2))
     else:

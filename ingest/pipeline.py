@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import polars as pl
@@ -95,7 +95,8 @@ def ingest_parsed(lake: Lake, parsed: Parsed, *, path: str, sha256: str, source:
 
 
 def ingest_chunks(
-    lake: Lake, chunks: Iterable[Parsed], *, path: str, sha256: str, source: str, cursor: dict | None = None
+    lake: Lake, chunks: Iterable[Parsed], *, path: str, sha256: str, source: str, cursor: dict | None = None,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> FileReport:
     """Validate and commit one source given as consecutive chunks (`_row` ranges in file order).
 
@@ -105,6 +106,7 @@ def ingest_chunks(
     part way leaves only uncommitted files, which are removed here or by `Lake.recover()`.
     The format, day and raw lines are per chunk; the decisions of the LAST chunk are the file's
     (an importer may complete them as it reads, e.g. the timestamp-unit evidence).
+    `on_chunk(rows_read_so_far)` is called after each chunk is written (progress for large files).
     """
     source_id = sha256[:16]
     rep = FileReport(path=path, status="written", source_id=source_id)
@@ -151,6 +153,8 @@ def ingest_chunks(
                         _raw_text(parsed, bad, parsed.tables).alias("raw"),
                     ))
                 good = bad = df = parsed = None  # type: ignore[assignment]  # free the chunk
+                if on_chunk is not None:
+                    on_chunk(rep.rows_read)
         if n_chunks == 1:
             lake.unpart(written_paths)
         manifest_row = {
@@ -189,7 +193,10 @@ def _chunks(importer, path: Path, options: Options, chunk_rows: int) -> Iterable
     return [importer.parse(path, options)]
 
 
-def ingest_file(lake_root: str, path: str, options: Options, chunk_rows: int = CHUNK_ROWS) -> FileReport:
+def ingest_file(
+    lake_root: str, path: str, options: Options, chunk_rows: int = CHUNK_ROWS,
+    on_chunk: Callable[[int], None] | None = None,
+) -> FileReport:
     """Ingest one file; errors come back in the report (naming the file) instead of raising."""
     lake = Lake.open(lake_root)
     p = Path(path)
@@ -199,7 +206,7 @@ def ingest_file(lake_root: str, path: str, options: Options, chunk_rows: int = C
             return FileReport(path=path, status="already ingested", source_id=sha[:16])
         importer = detect(p)
         chunks = _chunks(importer, p, options, chunk_rows)
-        return ingest_chunks(lake, chunks, path=str(p), sha256=sha, source=importer.SOURCE)
+        return ingest_chunks(lake, chunks, path=str(p), sha256=sha, source=importer.SOURCE, on_chunk=on_chunk)
     except FormatError as e:
         return FileReport(path=path, status="error", message=str(e))
     except OSError as e:
@@ -216,10 +223,13 @@ def ingest_paths(
     jobs: int = 1,
     progress=None,
     chunk_rows: int = CHUNK_ROWS,
+    rows_progress: Callable[[str, int], None] | None = None,
 ) -> list[FileReport]:
     """Ingest files and folders. `progress(report)` is called as each file finishes.
 
     `chunk_rows` bounds memory per file for importers that stream (see `ingest_chunks`).
+    `rows_progress(path, rows_read_so_far)` follows a large file chunk by chunk (one process only:
+    with `jobs > 1` the files are in other processes and only `progress` is called).
     """
     options = options or Options()
     files = expand_paths([Path(p) for p in paths])
@@ -228,7 +238,8 @@ def ingest_paths(
         lake.recover()
         if jobs <= 1 or len(files) <= 1:
             for f in files:
-                r = ingest_file(str(lake.root), str(f), options, chunk_rows)
+                follow = None if rows_progress is None else (lambda n, f=f: rows_progress(str(f), n))
+                r = ingest_file(str(lake.root), str(f), options, chunk_rows, on_chunk=follow)
                 reports.append(r)
                 if progress:
                     progress(r)

@@ -74,8 +74,10 @@ def test_tardis_chunked_equals_whole(tmp_path, monkeypatch, streamed):
     if streamed:
         monkeypatch.setattr(common, "WHOLE_READ_BYTES", 0)
     chunked = Lake.open(tmp_path / "chunked")
-    [r2] = ingest_paths([f], chunked, Options(), chunk_rows=5)
+    seen: list[tuple[str, int]] = []
+    [r2] = ingest_paths([f], chunked, Options(), chunk_rows=5, rows_progress=lambda p, n: seen.append((p, n)))
     assert r1.status == r2.status == "written", (r1.message, r2.message)
+    assert [n for _, n in seen] == [5 * k for k in range(1, 13)] + [62] and {p for p, _ in seen} == {str(f)}
     assert (r2.rows_read, r2.rows_written, r2.rows_quarantined) == (r1.rows_read, r1.rows_written, r1.rows_quarantined)
     assert r2.rows_read == r2.rows_written + r2.rows_quarantined == 62
     a, b = _lake_content(whole), _lake_content(chunked)
