@@ -63,6 +63,7 @@ def main() -> None:
     try:
         for name, data, rg in [
             ("sorted by ts, 32Ki row groups", tbl, 32 * 1024),
+            ("sorted by ts, 64Ki row groups", tbl, 64 * 1024),
             ("sorted by ts, 128Ki row groups", tbl, 128 * 1024),
             ("sorted by ts, 1Mi row groups", tbl, 1024 * 1024),
             ("sorted by symbol,ts, 128Ki", by_symbol, 128 * 1024),

@@ -125,7 +125,7 @@ def main() -> int:
     med = statistics.median
     ratio = med(crash) / med(hand)
     lines = [
-        "## SQL layer (`bench/bench_sql.py`)",
+        f"## SQL layer (`bench/bench_sql.py`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, DuckDB {duckdb.__version__}, "
         f"Polars {pl.__version__}. Lake: {n:,} synthetic trades, {N_INSTRUMENTS} instruments, {files} Parquet files"
@@ -148,11 +148,12 @@ def main() -> int:
         "tags) and return the same bars (checked). crashlab's views list only committed files and add no casts,",
         "so the full-day plan is the hand-written one. Window filters are pushed into the Parquet scan (EXPLAIN",
         "shows them) and files are sorted by ts, so only the row groups overlapping the window are read; with",
-        "128 Ki-row groups a 10-minute window still decodes one whole group per file (20 x 128 Ki rows here),",
+        "64 Ki-row groups a 10-minute window still decodes one whole group per file (20 x 64 Ki rows here),",
         "which bounds the window latency: smaller row groups would cut it roughly in proportion.",
         "",
     ]
-    Path(args.out).write_text("\n".join(lines))
+    with open(args.out, "a") as fh:  # a log: earlier runs stay for comparison
+        fh.write("\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

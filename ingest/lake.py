@@ -2,7 +2,7 @@
 
 Layout (chosen by measurement, see BENCHMARKS.md):
 
-    <lake>/<table>/<venue>/<YYYY-MM-DD>/<source_id>.parquet   sorted by ts, zstd, 128 Ki-row groups
+    <lake>/<table>/<venue>/<YYYY-MM-DD>/<source_id>.parquet   sorted by ts, zstd, 64 Ki-row groups
     <lake>/<table>/<venue>/<YYYY-MM-DD>/<source_id>.<part:05d>.parquet   the same, for a source
                                                               ingested in chunks (one file per chunk)
     <lake>/_quarantine/<source_id>.parquet                    rejected rows with file, line, reason
@@ -22,9 +22,12 @@ many sources sharing a partition. A source that fits in one chunk keeps the sing
 
 Data files are written by Polars (zstd level 1, statistics on), which encodes columns on all cores
 and picks dictionary encoding per column chunk where values repeat; pyarrow's writer, on one core,
-took 1.3-1.6x the wall time for the same 266 k trades (though less CPU in all). The file's Arrow schema is the
-canonical one from `schema.py` (text as large_string). The manifest and the quarantine, small
-and streamed, are written with pyarrow.
+took 1.3-1.6x the wall time for the same 266 k trades (though less CPU in all). The file's Arrow
+schema is the canonical one from `schema.py` (text as large_string). Row groups of 64 Ki rows:
+on a 30 M-trade lake, measured in one run against 128 Ki groups, crashlab's 10-minute `bars`,
+`lows` and `timeline` queries were 6-15 % faster and full-day bars no slower
+(`bench/bench_rowgroups.py`, BENCHMARKS.md). The manifest and the quarantine, small and streamed,
+are written with pyarrow.
 
 Only validated venue names and dates become directory names; symbols never touch the file system.
 """
@@ -46,7 +49,7 @@ import pyarrow.parquet as pq
 from . import schema
 from .paths import default_lake
 
-ROW_GROUP = 128 * 1024
+ROW_GROUP = 64 * 1024
 #: Manifest and quarantine text with many distinct values: dictionary encoding does not pay for them.
 _NO_DICT = frozenset({"path", "raw", "decisions", "sha256", "cursor"})
 _SAFE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
