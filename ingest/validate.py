@@ -44,9 +44,14 @@ _SIDES = {
 _NOT_IN_ID = {"event_id", "source", "source_id", "local_ts", "symbol", "_row"}
 
 
-def _reason_expr(table: str, df: pl.DataFrame, day_bounds: tuple[datetime, datetime] | None) -> pl.Expr:
-    """An expression giving each row's first failure, or null."""
-    checks: list[tuple[pl.Expr, str]] = [(pl.col("ts").is_null(), "missing or unreadable timestamp")]
+def _checks(table: str, df: pl.DataFrame, day_bounds: tuple[datetime, datetime] | None) -> list[tuple[pl.Expr, str]]:
+    """The row checks of `table`, in the order their reasons are reported: (fails, reason).
+
+    A null check is left out for a column without nulls (its count is known without a pass).
+    """
+    checks: list[tuple[pl.Expr, str]] = []
+    if df["ts"].null_count():
+        checks.append((pl.col("ts").is_null(), "missing or unreadable timestamp"))
     if day_bounds is not None:
         lo, hi = day_bounds
         checks.append(
@@ -55,8 +60,9 @@ def _reason_expr(table: str, df: pl.DataFrame, day_bounds: tuple[datetime, datet
     for c in _POSITIVE.get(table, []) + _NON_NEGATIVE.get(table, []) + _FINITE.get(table, []):
         if c not in df.columns:
             continue
-        checks.append((pl.col(c).is_null(), f"missing or non-numeric {c}"))
-        checks.append((pl.col(c).is_nan() | pl.col(c).is_infinite(), f"{c} is NaN or infinite"))
+        if df[c].null_count():
+            checks.append((pl.col(c).is_null(), f"missing or non-numeric {c}"))
+        checks.append((~pl.col(c).is_finite(), f"{c} is NaN or infinite"))
     for c in _POSITIVE.get(table, []):
         if c in df.columns:
             cond = pl.col(c) <= 0
@@ -72,10 +78,21 @@ def _reason_expr(table: str, df: pl.DataFrame, day_bounds: tuple[datetime, datet
         if table in ("trades", "liquidations"):
             ok = ok | pl.col("side").is_null()
         checks.append((~ok, "unknown side"))
-    expr: pl.Expr = pl.lit(None, dtype=pl.String)
-    for cond, reason in reversed(checks):
-        expr = pl.when(cond.fill_null(False)).then(pl.lit(reason)).otherwise(expr)
-    return expr
+    return [(cond.fill_null(False), reason) for cond, reason in checks]
+
+
+def _row_failures(df: pl.DataFrame, checks: list[tuple[pl.Expr, str]]) -> pl.DataFrame:
+    """`_row, reason` (the first failing check) for the rows that fail any check.
+
+    Why two steps: the usual chunk has no bad row, and one boolean pass over all checks costs a
+    fraction of building the reason text for every row (266 k trades: ~1 ms against ~7 ms).
+    """
+    if not checks or not df.select(pl.any_horizontal([cond for cond, _ in checks]).any()).item():
+        return pl.DataFrame(schema={"_row": pl.Int64, "reason": pl.String})
+    reason: pl.Expr = pl.lit(None, dtype=pl.String)
+    for cond, text in reversed(checks):
+        reason = pl.when(cond).then(pl.lit(text)).otherwise(reason)
+    return df.select("_row", reason.alias("reason")).filter(pl.col("reason").is_not_null())
 
 
 def _crossed_snapshots(df: pl.DataFrame) -> pl.DataFrame:
@@ -210,14 +227,16 @@ def validate(
         if df.height == 0:
             continue
         id_cols = parsed.id_columns.get(table) or [c for c in df.columns if c not in _NOT_IN_ID]
-        df = df.with_columns(event_ids(df, id_cols, table), _reason_expr(table, df, day_bounds).alias("_reason"))
-        if df["_reason"].null_count() < df.height:
-            bad_parts.append(df.filter(pl.col("_reason").is_not_null()).select("_row", pl.col("_reason").alias("reason")))
+        failed = _row_failures(df, _checks(table, df, day_bounds))
+        df = df.with_columns(event_ids(df, id_cols, table))
+        if failed.height:
+            bad_parts.append(failed)
         if table == "book_snapshots":
-            crossed = _crossed_snapshots(df.filter(pl.col("_reason").is_null()))
+            clean = df.filter(~pl.col("_row").is_in(failed["_row"].implode())) if failed.height else df
+            crossed = _crossed_snapshots(clean)
             if crossed.height:
                 bad_parts.append(crossed)
-        tables[table] = df.drop("_reason")
+        tables[table] = df
     bad = _first_reason(bad_parts)
     # Duplicates: the first unit carrying an event_id keeps it, later units are rejected.
     dup_parts = [d for t, df in tables.items() if (d := _duplicates(t, df, bad["_row"], seen)).height]

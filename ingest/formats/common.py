@@ -154,7 +154,17 @@ def read_csv_strings(
         line = _ragged_line(data if data is not None else read_bytes(path), len(names), header)
         line = None if line is None else line + line_offset
         raise FormatError(path, f"a line has more than the {len(names)} columns expected ({str(e).splitlines()[0]})", line) from None
-    return df.with_row_index("_row", offset=(2 if header else 1) + line_offset).with_columns(pl.col("_row").cast(pl.Int64))
+    return _numbered(df, (2 if header else 1) + line_offset)
+
+
+def _numbered(df: pl.DataFrame, first_line: int) -> pl.DataFrame:
+    """`_row` (the 1-based file line) in front, and every column in one contiguous chunk.
+
+    Why the rechunk: the CSV reader returns each column in one chunk per reading thread, while the
+    row index is one chunk; every later operation on such a frame re-aligns the chunks first
+    (~4 ms per operation on 266 k rows), which costs far more than aligning them once (3 ms).
+    """
+    return df.with_row_index("_row", offset=first_line).with_columns(pl.col("_row").cast(pl.Int64)).rechunk()
 
 
 #: Files up to this size (on disk) are read whole by Polars, which un-gzips faster than Python;
@@ -245,7 +255,7 @@ def read_csv_cells(
             pass  # a cell that is no number, a ragged line, damage: the text path says which
         else:
             first = (2 if header else 1) + line_offset
-            return df.with_row_index("_row", offset=first).with_columns(pl.col("_row").cast(pl.Int64)), text
+            return _numbered(df, first), text
     raw = text()
     if not numeric:
         return raw, lambda: raw

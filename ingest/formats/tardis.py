@@ -265,10 +265,12 @@ def _convert(
         decisions["amount"] = "contracts converted to base: contracts × size / price (quote-sized) or × size (base-sized)"
     if ins.height == 1:  # the usual one-instrument file: constants instead of a join
         lits = [pl.lit(v, dtype=ins.schema[k]).alias(k) for k, v in ins.row(0, named=True).items() if k.startswith("_")]
-        lf = df.lazy().with_columns(*lits)
+        work = df.with_columns(*lits)
     else:
-        lf = df.lazy().join(ins.lazy(), on=["exchange", "symbol"], how="left", maintain_order="left")
-    work = lf.with_columns(c.integer("timestamp").alias("_ts_i"), c.integer("local_timestamp").alias("_local_i")).collect()
+        work = df.join(ins, on=["exchange", "symbol"], how="left", maintain_order="left")
+    # Eager on purpose: a lazy collect hands back columns split into one chunk per thread, and every
+    # later step would re-align them (see `common._numbered`).
+    work = work.with_columns(c.integer("timestamp").alias("_ts_i"), c.integer("local_timestamp").alias("_local_i"))
     unit, chunk_evidence = c.unit_counts(work, "_ts_i")
     if evidence is None:
         decisions.update(ts_unit=unit, ts_unit_rows=chunk_evidence)
