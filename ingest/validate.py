@@ -84,8 +84,9 @@ def _checks(table: str, df: pl.DataFrame, day_bounds: tuple[datetime, datetime] 
 def _row_failures(df: pl.DataFrame, checks: list[tuple[pl.Expr, str]]) -> pl.DataFrame:
     """`_row, reason` (the first failing check) for the rows that fail any check.
 
-    Why two steps: the usual chunk has no bad row, and one boolean pass over all checks costs a
-    fraction of building the reason text for every row (266 k trades: ~1 ms against ~7 ms).
+    Why two steps: the usual chunk has no bad row, and one boolean pass over all checks is cheaper
+    than building a reason text column for every row (with the first-chunk shortcut in
+    `_duplicates`, validation of 266 k trades went from 52 to 45 ms, best of 21, same run).
     """
     if not checks or not df.select(pl.any_horizontal([cond for cond, _ in checks]).any()).item():
         return pl.DataFrame(schema={"_row": pl.Int64, "reason": pl.String})
