@@ -70,46 +70,14 @@ def verify_checksum(path: Path) -> str:
 
 def read_bytes(path: Path) -> bytes:
     """The whole decompressed text of a .gz, .zip (one member) or plain file; damage is a FormatError."""
-    name = path.name.lower()
-    try:
-        if name.endswith(".gz"):
-            with open(path, "rb") as fh:
-                raw = fh.read()
-            return gzip.decompress(raw) if raw else b""
-        if name.endswith(".zip"):
-            with zipfile.ZipFile(path) as zf:
-                members = [m for m in zf.namelist() if not m.endswith("/")]
-                if len(members) != 1:
-                    raise FormatError(path, f"expected one CSV inside the zip, found {len(members)}")
-                return zf.read(members[0])  # checks the CRC-32
-        with open(path, "rb") as fh:
-            return fh.read()
-    except FormatError:
-        raise
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise FormatError(path, f"cannot decompress (truncated or corrupt?): {e}") from None
+    with open_stream(path) as fh:
+        return fh.read()  # a zip member's CRC-32 is checked when it is read to the end
 
 
 def head_bytes(path: Path, nbytes: int = 1 << 16) -> bytes:
     """The first decompressed bytes (header and a few lines) without reading the whole file."""
-    name = path.name.lower()
-    try:
-        if name.endswith(".gz"):
-            with gzip.open(path, "rb") as fh:
-                return fh.read(nbytes)
-        if name.endswith(".zip"):
-            with zipfile.ZipFile(path) as zf:
-                members = [m for m in zf.namelist() if not m.endswith("/")]
-                if len(members) != 1:
-                    raise FormatError(path, f"expected one CSV inside the zip, found {len(members)}")
-                with zf.open(members[0]) as fh:
-                    return fh.read(nbytes)
-        with open(path, "rb") as fh:
-            return fh.read(nbytes)
-    except FormatError:
-        raise
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise FormatError(path, f"cannot decompress (truncated or corrupt?): {e}") from None
+    with open_stream(path) as fh:
+        return fh.read(nbytes)
 
 
 def _blank(data: bytes) -> bool:
