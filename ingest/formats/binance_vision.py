@@ -258,21 +258,34 @@ def _expected_unit(market: str, day: date | None) -> str:
     return "ms"
 
 
-def parse(path: Path, options: Options) -> Parsed:
+def _name_and_checksum(path: Path, options: Options) -> tuple[str, str, str, dict]:
+    """(symbol, kind, date text, decisions) from the file name, after the `.CHECKSUM` beside a zip is checked."""
     m = _NAME.match(path.name)
     if m is None:
         raise FormatError(path, "not a Binance public-data file name ({SYMBOL}-{type}-{YYYY-MM-DD}.zip|csv)")
-    native, kind, day_text = m.group("symbol"), m.group("kind"), m.group("date")
     decisions: dict = {}
     if path.name.lower().endswith(".zip"):
         decisions["checksum"] = c.verify_checksum(path) if options.verify_checksum else "not checked (--no-verify)"
-    data = c.read_bytes(path)
-    day = c.file_day(path)
-    fmt = f"binance.{kind if kind in KINDS else 'klines'}"
-    first = c.first_line(data)
+    return m.group("symbol"), m.group("kind"), m.group("date"), decisions
+
+
+def _first_line_and_market(
+    path: Path, kind: str, native: str, text: bytes, options: Options, decisions: dict
+) -> tuple[str, bool, str, str]:
+    """(first line, has a header, market, why that market): what the file's start tells."""
+    first = c.first_line(text)
     header = bool(first) and _has_header(first)
     decisions["header"] = header
     market, basis = _decide_market(path, kind, native, first, header, options)
+    return first, header, market, basis
+
+
+def parse(path: Path, options: Options) -> Parsed:
+    native, kind, day_text, decisions = _name_and_checksum(path, options)
+    data = c.read_bytes(path)
+    day = c.file_day(path)
+    fmt = f"binance.{kind if kind in KINDS else 'klines'}"
+    first, header, market, basis = _first_line_and_market(path, kind, native, data, options, decisions)
     if not first:
         decisions["empty"] = "no rows in the file"
         return Parsed(format=fmt, rows_read=0, tables={}, day=day, decisions=decisions)
@@ -350,16 +363,10 @@ def iter_parse(path: Path, options: Options, chunk_rows: int) -> Iterator[Parsed
     if m is None or m.group("kind") not in ("trades", "aggTrades"):
         yield parse(path, options)
         return
-    native, kind, day_text = m.group("symbol"), m.group("kind"), m.group("date")
-    decisions: dict = {}
-    if path.name.lower().endswith(".zip"):
-        decisions["checksum"] = c.verify_checksum(path) if options.verify_checksum else "not checked (--no-verify)"
+    native, kind, day_text, decisions = _name_and_checksum(path, options)
     day = c.file_day(path)
     fmt = f"binance.{kind}"
-    first = c.first_line(c.head_bytes(path))
-    header = bool(first) and _has_header(first)
-    decisions["header"] = header
-    market, basis = _decide_market(path, kind, native, first, header, options)
+    first, header, market, basis = _first_line_and_market(path, kind, native, c.head_bytes(path), options, decisions)
     if not first:
         decisions["empty"] = "no rows in the file"
         yield Parsed(format=fmt, rows_read=0, tables={}, day=day, decisions=decisions)
