@@ -70,15 +70,18 @@ class AaveV3(Rule):
         t = self.params[table]
         return float(t.get(asset, t["default"]))
 
-    def evaluate(self, account: Account, prices: Mapping[PriceKey, Num]) -> tuple[Num, Num, Num]:
+    def _health(self, holdings, prices: Mapping[PriceKey, Num]) -> tuple[Num, Num, Num]:
+        """(equity, debt, health factor) from (asset, quantity, is collateral) triples, zero ones left out.
+
+        `evaluate` (scalars) and `evaluate_packed` (columns of accounts) both fold through here, so
+        they run the same operations in the same order and agree to the bit.
+        """
         coll: Num = 0.0
         adj: Num = 0.0
         debt: Num = 0.0
-        for asset, q in sorted(account.balances.items()):
-            if q == 0:
-                continue
+        for asset, q, positive in holdings:
             v = q * self.oracle_price(asset, prices)
-            if q > 0:
+            if positive:
                 coll = coll + v
                 adj = adj + v * self._param("liquidation_thresholds", asset)
             else:
@@ -86,9 +89,12 @@ class AaveV3(Rule):
         d = np.asarray(debt, dtype=float)
         with np.errstate(divide="ignore", invalid="ignore"):
             hf = np.where(d > 0, np.asarray(adj) / np.where(d > 0, d, 1.0), np.inf)
-        if np.ndim(hf) == 0:
-            hf = float(hf)
         return coll - debt, debt, hf  # equity, "maintenance" = the debt the collateral must cover
+
+    def evaluate(self, account: Account, prices: Mapping[PriceKey, Num]) -> tuple[Num, Num, Num]:
+        held = [(a, q, q > 0) for a, q in sorted(account.balances.items()) if q != 0]
+        equity, debt, hf = self._health(held, prices)
+        return equity, debt, (float(hf) if np.ndim(hf) == 0 else hf)
 
     # ---- many accounts: `evaluate` over (accounts, steps), same operations in the same order ----
     def pack(self, accounts) -> Pack:
@@ -101,22 +107,8 @@ class AaveV3(Rule):
 
     def evaluate_packed(self, pack: Pack, prices, n: int):
         def one(sg, c):
-            coll: Num = 0.0
-            adj: Num = 0.0
-            debt: Num = 0.0
-            for i, (asset, zero, positive) in enumerate(sg):
-                if zero:
-                    continue
-                v = c["q"][i] * self.oracle_price(asset, prices)
-                if positive:
-                    coll = coll + v
-                    adj = adj + v * self._param("liquidation_thresholds", asset)
-                else:
-                    debt = debt - v
-            d = np.asarray(debt, dtype=float)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                hf = np.where(d > 0, np.asarray(adj) / np.where(d > 0, d, 1.0), np.inf)
-            return coll - debt, debt, hf
+            held = [(asset, c["q"][i], positive) for i, (asset, zero, positive) in enumerate(sg) if not zero]
+            return self._health(held, prices)
         return unpack(pack, n, one)
 
     def status(self, metric: Num, equity: Num, maintenance: Num) -> Any:
