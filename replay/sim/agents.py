@@ -90,11 +90,19 @@ def _entries(rng: np.random.Generator, p0: float, lo_pct: float, hi_pct: float, 
     return p0 * np.exp(np.log1p(lo_pct / 100) + u * (np.log1p(hi_pct / 100) - np.log1p(lo_pct / 100)))
 
 
+def _sorted_cohort(name: str, inst: int, kind: str, rows: list[tuple[float, float, float, float, str]]) -> Cohort:
+    """A cohort from (liquidation price, qty, notional, margin, account) rows, highest price first."""
+    liq = np.asarray([r[0] for r in rows], dtype=float)
+    order = np.argsort(-liq, kind="stable")
+    col = [np.asarray([r[i] for r in rows], dtype=float)[order] for i in (1, 2, 3)]
+    return Cohort(name, inst, inst, kind, liq[order], col[0], col[1], col[2], [rows[i][4] for i in order])
+
+
 def perp_cohort(name: str, rl: Rule, inst: int, symbol: str, venue: str, p0: float, total: float,
                 levs: list[list[float]], entry_pct: list[float], rep_notional: float, chunks: int,
                 rng: np.random.Generator) -> Cohort:
     """Leveraged longs by leverage bucket, isolated margin, entries spread over `entry_pct` of p0."""
-    liq, qty, notl, marg, accts = [], [], [], [], []
+    rows: list[tuple[float, float, float, float, str]] = []
     for lev, share in levs:
         entries = _entries(rng, p0, entry_pct[0], entry_pct[1], chunks)
         chunk_notional = total * share / chunks
@@ -106,14 +114,8 @@ def perp_cohort(name: str, rl: Rule, inst: int, symbol: str, venue: str, p0: flo
             lp = liquidation_threshold(rl, acct, ("mark", venue, symbol), float(e))
             if lp >= p0 * 0.995:  # would have been liquidated before the window opens
                 continue
-            liq.append(lp)
-            qty.append(chunk_notional / e)
-            notl.append(chunk_notional)
-            marg.append(chunk_notional / lev)
-            accts.append(acct.id)
-    order = np.argsort(-np.asarray(liq), kind="stable")
-    return Cohort(name, inst, inst, "perp_long", np.asarray(liq)[order], np.asarray(qty)[order],
-                  np.asarray(notl)[order], np.asarray(marg)[order], [accts[i] for i in order])
+            rows.append((lp, chunk_notional / e, chunk_notional, chunk_notional / lev, acct.id))
+    return _sorted_cohort(name, inst, "perp_long", rows)
 
 
 def loan_cohort(name: str, rl: Rule, inst: int, asset: str, p0: float, total: float,
@@ -123,7 +125,7 @@ def loan_cohort(name: str, rl: Rule, inst: int, asset: str, p0: float, total: fl
     Leverage L means collateral worth L × equity at p0, loan (L − 1) × equity. Equity spreads a
     little within a bucket (jitter on L) so thresholds do not coincide.
     """
-    liq, qty, notl, marg, accts = [], [], [], [], []
+    rows: list[tuple[float, float, float, float, str]] = []
     for lev, share in levs:
         ls = lev * (1 + rng.uniform(-0.06, 0.06, chunks))
         chunk_value = total * share / chunks
@@ -135,14 +137,8 @@ def loan_cohort(name: str, rl: Rule, inst: int, asset: str, p0: float, total: fl
             lp = liquidation_threshold(rl, acct, ("spot", "binance", asset), p0 * 1.2, lo=0.01)
             if lp >= p0 * 0.995:
                 continue
-            liq.append(lp)
-            qty.append(chunk_value / p0)
-            notl.append(chunk_value)
-            marg.append(chunk_value / L)
-            accts.append(acct.id)
-    order = np.argsort(-np.asarray(liq), kind="stable")
-    return Cohort(name, inst, inst, "collateral_loan", np.asarray(liq)[order], np.asarray(qty)[order],
-                  np.asarray(notl)[order], np.asarray(marg)[order], [accts[i] for i in order])
+            rows.append((lp, chunk_value / p0, chunk_value, chunk_value / L, acct.id))
+    return _sorted_cohort(name, inst, "collateral_loan", rows)
 
 
 @dataclass
