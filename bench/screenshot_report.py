@@ -18,26 +18,8 @@ from pathlib import Path
 CHROMIUM = "/usr/bin/chromium"
 
 
-def screenshot(index: Path, out_png: Path, width: int = 1400, height: int = 4000, timeout: float = 120) -> Path:
-    exe = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
-    if not exe:
-        raise FileNotFoundError("chromium not found: apt-get install -y chromium")
-    with tempfile.TemporaryDirectory() as prof:
-        cmd = [
-            exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-            f"--user-data-dir={prof}", "--virtual-time-budget=15000",
-            f"--screenshot={Path(out_png).resolve()}", f"--window-size={width},{height}",
-            Path(index).resolve().as_uri(),
-        ]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=timeout)
-    if not Path(out_png).exists():
-        raise RuntimeError(f"chromium wrote no screenshot for {index}")
-    return Path(out_png)
-
-
-def dump_dom(index: Path, timeout: float = 120) -> str:
-    """The page's DOM after its scripts ran (to count the charts vega-embed actually drew)."""
+def _headless(index: Path, extra: list[str], timeout: float) -> str:
+    """Run headless Chromium on `index` with network features off; its stdout."""
     exe = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
     if not exe:
         raise FileNotFoundError("chromium not found: apt-get install -y chromium")
@@ -45,9 +27,21 @@ def dump_dom(index: Path, timeout: float = 120) -> str:
         cmd = [
             exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={prof}",
-            "--virtual-time-budget=15000", "--dump-dom", Path(index).resolve().as_uri(),
+            "--virtual-time-budget=15000", *extra, Path(index).resolve().as_uri(),
         ]
         return subprocess.run(cmd, check=True, capture_output=True, timeout=timeout, text=True).stdout
+
+
+def screenshot(index: Path, out_png: Path, width: int = 1400, height: int = 4000, timeout: float = 120) -> Path:
+    _headless(index, ["--hide-scrollbars", f"--screenshot={Path(out_png).resolve()}", f"--window-size={width},{height}"], timeout)
+    if not Path(out_png).exists():
+        raise RuntimeError(f"chromium wrote no screenshot for {index}")
+    return Path(out_png)
+
+
+def dump_dom(index: Path, timeout: float = 120) -> str:
+    """The page's DOM after its scripts ran (to count the charts vega-embed actually drew)."""
+    return _headless(index, ["--dump-dom"], timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
