@@ -322,7 +322,7 @@ class Forensics:
         df = df.drop("_row").with_columns(
             pl.lit(importer.SOURCE + " (shipped data/markers.csv)").alias("source"), pl.lit(sid).alias("source_id")
         )
-        arrow = schema.conform("markers", df.to_arrow())
+        arrow = schema.conform_frame("markers", df).to_arrow()
         con.register("_shipped_markers_arrow", arrow)
         con.execute("CREATE TABLE _shipped_markers AS SELECT * FROM _shipped_markers_arrow ORDER BY ts, event_id")
         con.unregister("_shipped_markers_arrow")

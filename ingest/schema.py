@@ -182,13 +182,3 @@ def conform_frame(table: str, df: pl.DataFrame) -> pl.DataFrame:
     if missing or extra:
         raise ValueError(f"{table}: columns missing {missing}, unexpected {extra}")
     return df.select(pl.col(n).cast(t) if df.schema[n] != t else pl.col(n) for n, t in target.items())
-
-
-def conform(table: str, data: pa.Table) -> pa.Table:
-    """Cast and reorder `data` to the canonical schema; a missing or extra column is a bug here."""
-    schema = TABLES[table]
-    missing = [f.name for f in schema if f.name not in data.column_names]
-    extra = [c for c in data.column_names if c not in schema.names]
-    if missing or extra:
-        raise ValueError(f"{table}: columns missing {missing}, unexpected {extra}")
-    return data.select(schema.names).cast(schema)
