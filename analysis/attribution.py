@@ -36,7 +36,7 @@ import polars as pl
 from crashlab.ingest.lake import Lake
 
 from . import legs as legs_mod
-from .lakesql import LakeSQL, connect
+from .db import Forensics, connect
 from .narrative import onset_table, onsets, test_narrative
 from .shapley import ShapleyResult, shapley
 from .signals import Signal, leg_evidence, replay_flow_frame, stage_signals
@@ -92,7 +92,7 @@ def parse_instrument(text: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
-def pick_instrument(db: LakeSQL, start: datetime, end: datetime) -> tuple[str, str, str] | None:
+def pick_instrument(db: Forensics, start: datetime, end: datetime) -> tuple[str, str, str] | None:
     """The headline instrument: a preferred BTC market if present, else the most-traded one."""
     have = db.sql(
         """SELECT venue, market, symbol, count(*) AS n FROM trades
@@ -115,7 +115,7 @@ def pick_instrument(db: LakeSQL, start: datetime, end: datetime) -> tuple[str, s
     return r["venue"], r["market"], r["symbol"]
 
 
-def minute_bars(db: LakeSQL, venue: str, market: str, symbol: str, start: datetime, end: datetime) -> pl.DataFrame:
+def minute_bars(db: Forensics, venue: str, market: str, symbol: str, start: datetime, end: datetime) -> pl.DataFrame:
     """1-minute OHLC of one instrument from its trades, else from its stored bars (trade prices)."""
     p = {"lo": start, "hi": end, "v": venue, "m": market, "s": symbol}
     df = db.sql(
@@ -298,7 +298,7 @@ def attribute(
     replay_liquidations: pl.DataFrame | None = None,
     workers: int = 2,
     progress: Callable[[frozenset[str]], None] | None = None,
-    db: LakeSQL | None = None,
+    db: Forensics | None = None,
     mp_start: str = "spawn",
 ) -> Attribution:
     """Legs, per-leg attribution, onsets and the narrative test over [start, end).

@@ -15,7 +15,7 @@ import altair as alt
 import polars as pl
 
 from .attribution import Attribution
-from .lakesql import LakeSQL
+from .db import Forensics
 from .signals import base_of
 
 WIDTH = 1100
@@ -72,7 +72,7 @@ def no_data(name: str, title: str, reason: str, height: int = 120) -> ChartOut:
     return ChartOut(name, title, chart, 0, reason)
 
 
-def _markers(db: LakeSQL, start: datetime, end: datetime) -> pl.DataFrame:
+def _markers(db: Forensics, start: datetime, end: datetime) -> pl.DataFrame:
     m = db.sql(
         """SELECT ts, kind, label FROM markers WHERE ts >= $lo AND ts < $hi
            AND kind IN ('news', 'venue_statement', 'liquidations', 'venue_event') ORDER BY ts""",
@@ -82,7 +82,7 @@ def _markers(db: LakeSQL, start: datetime, end: datetime) -> pl.DataFrame:
 
 
 # ---- 1. price path with legs -------------------------------------------------------------------
-def price_legs(att: Attribution, db: LakeSQL) -> ChartOut:
+def price_legs(att: Attribution, db: Forensics) -> ChartOut:
     title = f"Price path of {att.instrument} with legs coloured by dominant stage ({att.mode})"
     if att.bars.height == 0:
         return no_data("price_legs", title, f"no prices for {att.instrument} in the window")
@@ -165,7 +165,7 @@ def attribution_stack(att: Attribution) -> ChartOut:
 
 
 # ---- 3. liquidity vacuum -----------------------------------------------------------------------
-def liquidity(db: LakeSQL, start: datetime, end: datetime) -> ChartOut:
+def liquidity(db: Forensics, start: datetime, end: datetime) -> ChartOut:
     title = "Liquidity vacuum: bid and ask depth within 1/2/5 % of the mid, per minute (USD notional)"
     df = db.sql(
         """SELECT time_bucket(INTERVAL 1 minute, ts) AS ts, venue || ' ' || symbol AS instrument, band_pct,
@@ -206,7 +206,7 @@ def liquidity(db: LakeSQL, start: datetime, end: datetime) -> ChartOut:
 
 
 # ---- 4. USDe depeg -----------------------------------------------------------------------------
-def depeg(db: LakeSQL, start: datetime, end: datetime, asset: str = "USDE") -> ChartOut:
+def depeg(db: Forensics, start: datetime, end: datetime, asset: str = "USDE") -> ChartOut:
     title = f"{asset} on Binance vs on-chain (per-minute close / last pool price)"
     p = {"lo": start, "hi": end}
     cex = db.sql(
@@ -250,7 +250,7 @@ def depeg(db: LakeSQL, start: datetime, end: datetime, asset: str = "USDE") -> C
 
 
 # ---- 5. liquidations ---------------------------------------------------------------------------
-def liquidations(db: LakeSQL, att: Attribution) -> ChartOut:
+def liquidations(db: Forensics, att: Attribution) -> ChartOut:
     title = "Liquidations per minute by venue and stage (recorded, tagged trades, replayed)"
     p = {"lo": att.start, "hi": att.end}
     rec = db.sql(
@@ -291,7 +291,7 @@ def liquidations(db: LakeSQL, att: Attribution) -> ChartOut:
 
 
 # ---- 6. cross-venue wicks ----------------------------------------------------------------------
-def wick_table(db: LakeSQL, start: datetime, end: datetime) -> pl.DataFrame:
+def wick_table(db: Forensics, start: datetime, end: datetime) -> pl.DataFrame:
     """Per instrument: first price in the window, low, time of low, drawdown to the low."""
     return db.sql(
         """WITH t AS (
@@ -307,7 +307,7 @@ def wick_table(db: LakeSQL, start: datetime, end: datetime) -> pl.DataFrame:
     )
 
 
-def wicks(db: LakeSQL, start: datetime, end: datetime) -> ChartOut:
+def wicks(db: Forensics, start: datetime, end: datetime) -> ChartOut:
     title = "Cross-venue wick comparison: drawdown from the window's first price to the low"
     df = wick_table(db, start, end)
     if df.height == 0:
@@ -393,7 +393,7 @@ def _iso_s(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
-def all_charts(att: Attribution, db: LakeSQL) -> list[ChartOut]:
+def all_charts(att: Attribution, db: Forensics) -> list[ChartOut]:
     return [
         price_legs(att, db),
         attribution_stack(att),

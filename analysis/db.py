@@ -278,20 +278,18 @@ class Forensics:
 
     # Views over committed files only: a killed ingest's leftovers are never read.
     def _create_views(self, con: duckdb.DuckDBPyConnection, root: Path) -> dict[str, int]:
-        committed = {p.stem for p in self.lake.manifest_dir.glob("*.parquet")} if self.lake.manifest_dir.exists() else set()
         counts: dict[str, int] = {}
         for table in LAKE_TABLES:
-            files = [f for f in self.lake.files(table) if f.stem.split(".")[0] in committed]
+            files = self.lake.files(table)
             counts[table] = len(files)
             if table == "markers" and not files and SHIPPED_MARKERS.exists():
                 self._shipped_markers(con)
                 continue
             self._view(con, table, schema.TABLES[table], files)
-        for name, d, sch in (
-            ("manifest", self.lake.manifest_dir, schema.MANIFEST_SCHEMA),
-            ("quarantine", self.lake.quarantine_dir, schema.QUARANTINE_SCHEMA),
+        for name, files, sch in (
+            ("manifest", self.lake.manifest_files(), schema.MANIFEST_SCHEMA),
+            ("quarantine", self.lake.quarantine_files(), schema.QUARANTINE_SCHEMA),
         ):
-            files = sorted(p for p in d.glob("*.parquet") if p.stem in committed) if d.exists() else []
             counts[name] = len(files)
             self._view(con, name, sch, files)
         return counts

@@ -27,7 +27,7 @@ from crashlab.ingest.lake import Lake
 
 from . import charts as charts_mod
 from .attribution import Attribution, attribute
-from .lakesql import LakeSQL, connect
+from .db import Forensics, connect
 
 alt.data_transformers.disable_max_rows()
 
@@ -81,7 +81,7 @@ def load_run(run: str | Path, runs_dir: Path | None = None) -> tuple[Path, dict,
     return p, manifest, liq, pp
 
 
-def timeline_table(att: Attribution, db: LakeSQL) -> pl.DataFrame:
+def timeline_table(att: Attribution, db: Forensics) -> pl.DataFrame:
     """Markers, stage onsets, leg pivots and per-instrument lows, in time order."""
     parts = []
     m = db.sql(

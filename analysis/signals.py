@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import polars as pl
 
-from .lakesql import LakeSQL
+from .db import Forensics
 from .stages import Stage
 
 MAD_SCALE = 1.4826
@@ -121,7 +121,7 @@ def base_of(symbol: str) -> str:
     return symbol.split("/")[0].split(":")[0].upper()
 
 
-def _signal(db: LakeSQL, stage: Stage, start: datetime, end: datetime, replay: pl.DataFrame | None) -> Signal:
+def _signal(db: Forensics, stage: Stage, start: datetime, end: datetime, replay: pl.DataFrame | None) -> Signal:
     sig = stage.signal
     kind = sig["kind"]
     lo = start - stage.onset.baseline
@@ -252,7 +252,7 @@ def _dur(text: str) -> timedelta:
     return parse_duration(text)
 
 
-def minute_closes(db: LakeSQL, lo: datetime, hi: datetime) -> pl.DataFrame:
+def minute_closes(db: Forensics, lo: datetime, hi: datetime) -> pl.DataFrame:
     """Last trade price per instrument per minute (`key` = venue:market:symbol)."""
     df = db.sql(
         """SELECT time_bucket(INTERVAL 1 minute, ts) AS ts, venue, market, symbol,
@@ -275,7 +275,7 @@ def minute_closes(db: LakeSQL, lo: datetime, hi: datetime) -> pl.DataFrame:
     )
 
 
-def _close_series(db: LakeSQL, venue: str, base: str, lo: datetime, hi: datetime, exclude_venues=None) -> pl.DataFrame:
+def _close_series(db: Forensics, venue: str, base: str, lo: datetime, hi: datetime, exclude_venues=None) -> pl.DataFrame:
     c = minute_closes(db, lo, hi).filter(
         (pl.col("venue") == venue) & (pl.col("symbol").map_elements(base_of, return_dtype=pl.String) == base)
     )
@@ -286,7 +286,7 @@ def _close_series(db: LakeSQL, venue: str, base: str, lo: datetime, hi: datetime
     return c.filter(pl.col("key") == key).select("ts", pl.col("close").alias("value")).sort("ts")
 
 
-def _ref_series(db: LakeSQL, venues: list[str], base: str, lo: datetime, hi: datetime) -> pl.DataFrame:
+def _ref_series(db: Forensics, venues: list[str], base: str, lo: datetime, hi: datetime) -> pl.DataFrame:
     df = db.sql(
         """SELECT time_bucket(INTERVAL 1 minute, ts) AS ts, symbol, arg_max(price, ts) AS value
            FROM prices WHERE ts >= $lo AND ts < $hi AND list_contains($v, venue) GROUP BY ALL""",
@@ -299,7 +299,7 @@ def _ref_series(db: LakeSQL, venues: list[str], base: str, lo: datetime, hi: dat
     return _ffill(df, lo, hi).rename({"value": "ref"})
 
 
-def _crossed(db: LakeSQL, band: float, lo: datetime, hi: datetime) -> set[tuple[str, str]]:
+def _crossed(db: Forensics, band: float, lo: datetime, hi: datetime) -> set[tuple[str, str]]:
     """Instruments whose bid band's average price sat above the lowest ask band price in more than a
     quarter of the samples of [lo, hi): the file measures that band from a stale crossed bid, not
     from the market, so its "withdrawal" would be the market moving away from that stale price."""
@@ -317,7 +317,7 @@ def _crossed(db: LakeSQL, band: float, lo: datetime, hi: datetime) -> set[tuple[
     return {(r["venue"], r["symbol"]) for r in df.iter_rows(named=True) if r["share"] > 0.25}
 
 
-def _lopsided(db: LakeSQL, band: float, lo: datetime, hi: datetime, min_ratio: float) -> set[tuple[str, str]]:
+def _lopsided(db: Forensics, band: float, lo: datetime, hi: datetime, min_ratio: float) -> set[tuple[str, str]]:
     """Instruments whose bid band held less than `min_ratio` of the same-distance ask band over the
     baseline: a one-sided book there is a recording artefact (e.g. a stuck crossed order distorting
     the file's mid), not a calm market, so it cannot show a withdrawal."""
@@ -331,7 +331,7 @@ def _lopsided(db: LakeSQL, band: float, lo: datetime, hi: datetime, min_ratio: f
     return {(r["venue"], r["symbol"]) for r in df.iter_rows(named=True) if r["bid"] is not None and r["ask"] and r["bid"] < min_ratio * r["ask"]}
 
 
-def stale_bands(db: LakeSQL, lo: datetime, hi: datetime, repeat_share: float = 0.5) -> set[tuple[str, str, float]]:
+def stale_bands(db: Forensics, lo: datetime, hi: datetime, repeat_share: float = 0.5) -> set[tuple[str, str, float]]:
     """Depth bands that repeat the previous sample's notional in more than half of [lo, hi).
 
     Binance's bookDepth files carry bid bands that repeat one stale value for hours (a stuck
@@ -352,7 +352,7 @@ def stale_bands(db: LakeSQL, lo: datetime, hi: datetime, repeat_share: float = 0
 FALLBACK_BASELINE = timedelta(minutes=15)
 
 
-def stage_signals(db: LakeSQL, stages, start: datetime, end: datetime, replay: pl.DataFrame | None = None) -> dict[str, Signal]:
+def stage_signals(db: Forensics, stages, start: datetime, end: datetime, replay: pl.DataFrame | None = None) -> dict[str, Signal]:
     return {s.name: _signal(db, s, start, end, replay) for s in stages}
 
 

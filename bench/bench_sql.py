@@ -96,10 +96,10 @@ def main() -> int:
 
     lake = Lake.open(Path(args.lake) / f"rows{args.rows}")
     built = None
-    if not lake.manifest_dir.exists() or len(list(lake.manifest_dir.glob("*.parquet"))) < N_INSTRUMENTS:
+    if not lake.manifest_dir.exists() or len(lake.committed()) < N_INSTRUMENTS:
         print(f"building lake with {args.rows:,} trades in {lake.root} ...", file=sys.stderr)
         built = build(lake, args.rows)
-    glob = lake.glob("trades")
+    glob = str(lake.table_dir("trades") / "*" / "*" / "*.parquet")  # the bare baseline globs the folder
     raw = duckdb.connect()
     n = raw.sql(f"SELECT count(*) FROM read_parquet('{glob}')").fetchall()[0][0]
     files = len(lake.files("trades"))

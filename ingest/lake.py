@@ -35,6 +35,7 @@ Only validated venue names and dates become directory names; symbols never touch
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import re
 from contextlib import contextmanager
@@ -75,13 +76,32 @@ class Lake:
         return self.root / table
 
     def files(self, table: str) -> list[Path]:
-        """Committed-or-not data files of a table, in a deterministic order."""
+        """The committed data files of a table, in a deterministic order: THE read path of the lake.
+
+        Every reader (SQL views, the replay stream, reference prices, markers, catalog, report)
+        lists files through here, so a data file left by a killed ingest before its manifest entry
+        is invisible to all of them alike. Only recovery looks at `stored_files`."""
+        committed = self.committed()
+        return [f for f in self.stored_files(table) if f.name.split(".")[0] in committed]
+
+    def stored_files(self, table: str) -> list[Path]:
+        """Every data file of a table on disk, committed or not (for `recover` only)."""
         d = self.table_dir(table)
         return sorted(d.glob("*/*/*.parquet")) if d.exists() else []
 
-    def glob(self, table: str) -> str:
-        """A glob pattern for DuckDB's or Polars' parquet readers."""
-        return str(self.table_dir(table) / "*" / "*" / "*.parquet")
+    def committed(self) -> frozenset[str]:
+        """Source ids with a manifest entry (the commit record)."""
+        d = self.manifest_dir
+        return frozenset(p.stem for p in d.glob("*.parquet")) if d.exists() else frozenset()
+
+    def fingerprint(self) -> str:
+        """A content key of what readers see: the sorted committed source ids (each the sha256 prefix
+        of its source file), hashed. Caches of derived data (replay tapes, reference prices) are
+        keyed by it, so they are invalidated by a new commit and survive copying the lake."""
+        h = hashlib.sha256()
+        for sid in sorted(self.committed()):
+            h.update(sid.encode() + b"\n")
+        return h.hexdigest()[:16]
 
     @property
     def manifest_dir(self) -> Path:
@@ -96,14 +116,22 @@ class Lake:
         return (self.manifest_dir / f"{source_id}.parquet").exists()
 
     def manifest(self) -> pl.DataFrame:
-        files = sorted(self.manifest_dir.glob("*.parquet")) if self.manifest_dir.exists() else []
+        files = self.manifest_files()
         if not files:
             return pl.from_arrow(schema.MANIFEST_SCHEMA.empty_table())  # type: ignore[return-value]
         return pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed")
 
+    def quarantine_files(self) -> list[Path]:
+        """Quarantine files of committed sources (a killed ingest's are not shown)."""
+        d, committed = self.quarantine_dir, self.committed()
+        return sorted(p for p in d.glob("*.parquet") if p.stem in committed) if d.exists() else []
+
+    def manifest_files(self) -> list[Path]:
+        d = self.manifest_dir
+        return sorted(d.glob("*.parquet")) if d.exists() else []
+
     def quarantine(self) -> pl.DataFrame:
-        d = self.quarantine_dir
-        files = sorted(d.glob("*.parquet")) if d.exists() else []
+        files = self.quarantine_files()
         if not files:
             return pl.from_arrow(schema.QUARANTINE_SCHEMA.empty_table())  # type: ignore[return-value]
         return pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed")
@@ -128,9 +156,9 @@ class Lake:
         for p in self.root.rglob(".*.tmp"):
             p.unlink(missing_ok=True)
             removed.append(p)
-        committed = {p.stem for p in self.manifest_dir.glob("*.parquet")} if self.manifest_dir.exists() else set()
+        committed = self.committed()
         for table in schema.TABLES:
-            for p in self.files(table):
+            for p in self.stored_files(table):
                 if p.stem.split(".")[0] not in committed:
                     p.unlink(missing_ok=True)
                     removed.append(p)

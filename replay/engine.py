@@ -658,9 +658,8 @@ _VWAP_CACHE: dict[tuple, float | None] = {}
 
 def _vwap_cached(lake: Lake, inst: tuple[str, str, str], a: datetime, b: datetime) -> float | None:
     """`state.vwap` memoised per process (an attribution replays one window 64 times; each query
-    scans every trades file), keyed by the lake's trade/bar files as they are now."""
-    files = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for t in ("trades", "bars") for f in lake.files(t))
-    key = (str(lake.root), files, inst, a, b)
+    scans every trades file), keyed by the lake's committed sources."""
+    key = (str(lake.root), lake.fingerprint(), inst, a, b)
     if key not in _VWAP_CACHE:
         if len(_VWAP_CACHE) > 256:
             _VWAP_CACHE.clear()

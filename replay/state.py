@@ -5,8 +5,7 @@ per instrument: the last price of each kind (trade, mark, index, oracle, convers
 mid), the event_id that set it (so a liquidation can name its cause), the depth ladder per side
 (books.py) and the traded notional. Everything the rules and the impact model need, and nothing
 that depends on the scenario, so a tape is computed once per (lake, window) and reused by every
-replay of an attribution run (an in-process cache, keyed by the lake files' names, sizes and
-modification times).
+replay of an attribution run (an in-process cache, keyed by the lake's committed sources).
 
 The fold is vectorised per stream batch: the last price per (step, instrument, kind) is one
 `np.unique`; books are updated per (instrument, step) with `dict.update`.
@@ -286,15 +285,6 @@ _CACHE: "OrderedDict[tuple, Tape]" = OrderedDict()
 _CACHE_SIZE = 4
 
 
-def _lake_key(lake: Lake) -> tuple:
-    out = []
-    for t in ("book_snapshots", "book_deltas", "depth_bands", "prices", "bars", "trades"):
-        for f in lake.files(t):
-            st = f.stat()
-            out.append((str(f), st.st_size, st.st_mtime_ns))
-    return tuple(out)
-
-
 def build_tape(
     lake: Lake,
     start: datetime,
@@ -310,7 +300,7 @@ def build_tape(
     step_us = int(step.total_seconds() * 1_000_000)
     if step_us <= 0:
         raise ValueError("step must be positive")
-    key = (str(lake.root), _lake_key(lake), _us(start), _us(end), step_us,
+    key = (str(lake.root), lake.fingerprint(), _us(start), _us(end), step_us,
            tuple(sorted(instruments)) if instruments else None, bar_path)
     if cache and key in _CACHE:
         _CACHE.move_to_end(key)

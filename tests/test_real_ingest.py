@@ -71,7 +71,7 @@ def test_every_real_file_ingests(lake_and_reports):
 
 def test_tardis_rows_in_trades_equal_csv_rows_minus_quarantined(lake_and_reports):
     lake, reports, _ = lake_and_reports
-    per_source = dict(pl.scan_parquet(lake.glob("trades")).group_by("source_id").len().collect().iter_rows())
+    per_source = dict(pl.scan_parquet([str(f) for f in lake.files("trades")]).group_by("source_id").len().collect().iter_rows())
     quarantined = dict(lake.quarantine().group_by("source_id").len().iter_rows()) if lake.quarantine().height else {}
     for p in _tardis():
         r = reports[str(p)]
@@ -82,7 +82,7 @@ def test_tardis_rows_in_trades_equal_csv_rows_minus_quarantined(lake_and_reports
 
 def test_real_values_make_sense(lake_and_reports):
     lake, _, _ = lake_and_reports
-    trades = pl.scan_parquet(lake.glob("trades"))
+    trades = pl.scan_parquet([str(f) for f in lake.files("trades")])
     coinm = trades.filter(pl.col("native_symbol") == "AAVEUSD_PERP").select(
         (pl.col("quote_amount") / 10).round(6).alias("contracts"), "amount", "price"
     ).head(1000).collect()
@@ -91,12 +91,12 @@ def test_real_values_make_sense(lake_and_reports):
     assert ((coinm["amount"] * coinm["price"] / 10 - coinm["contracts"]).abs() < 1e-6).all()
     venues = set(trades.select("venue").unique().collect()["venue"])
     assert venues == {"binance", "coinbase", "gemini"}
-    bars = pl.scan_parquet(lake.glob("bars"))
+    bars = pl.scan_parquet([str(f) for f in lake.files("bars")])
     types = dict(bars.group_by("price_type").len().collect().iter_rows())
     assert set(types) == {"unknown_price", "trade"} and types["trade"] == 184_125
     usde_low = bars.filter(pl.col("symbol") == "USDE/USDT").select(pl.col("low").min()).collect().item()
     assert 0.6 < usde_low < 0.7  # the depeg to ~0.65 on Binance
-    pool = pl.scan_parquet(lake.glob("prices")).select(pl.col("price").min()).collect().item()
+    pool = pl.scan_parquet([str(f) for f in lake.files("prices")]).select(pl.col("price").min()).collect().item()
     assert 0.99 < pool < 1.0  # ... while the on-chain pool held
     decisions = [json.loads(d) for d in lake.manifest().filter(pl.col("format") == "binance.klines")["decisions"]]
     assert all(d["price_type"] == "unknown_price" and "warning" in d for d in decisions)

@@ -75,13 +75,13 @@ def test_lake_passes_validation_with_nothing_quarantined(full_lake):
 def test_every_row_says_simulated_and_tables_are_complete(full_lake):
     lake, _ = full_lake
     for table in ("trades", "book_snapshots", "depth_bands", "prices", "liquidations"):
-        df = pl.read_parquet(lake.glob(table), columns=["source"])
+        df = pl.read_parquet([str(f) for f in lake.files(table)], columns=["source"])
         assert df.height > 0, table
         assert df["source"].unique().to_list() == ["simulated"], table
-    venues = pl.read_parquet(lake.glob("trades"), columns=["venue", "market"]).unique()
+    venues = pl.read_parquet([str(f) for f in lake.files("trades")], columns=["venue", "market"]).unique()
     assert set(map(tuple, venues.rows())) >= {("binance", "spot"), ("binance", "perp"), ("coinbase", "spot"),
                                               ("hyperliquid", "perp")}
-    prices = pl.read_parquet(lake.glob("prices"), columns=["venue", "price_type", "symbol"])
+    prices = pl.read_parquet([str(f) for f in lake.files("prices")], columns=["venue", "price_type", "symbol"])
     kinds = set(map(tuple, prices.select("venue", "price_type").unique().rows()))
     assert {("binance", "mark"), ("binance", "index"), ("hyperliquid", "oracle"), ("uniswap", "pool"),
             ("binance", "conversion_rate")} <= kinds
@@ -89,13 +89,13 @@ def test_every_row_says_simulated_and_tables_are_complete(full_lake):
 
 def test_liquidation_flags_follow_the_venues(full_lake):
     lake, _ = full_lake
-    t = pl.read_parquet(lake.glob("trades"), columns=["venue", "market", "is_liquidation"])
+    t = pl.read_parquet([str(f) for f in lake.files("trades")], columns=["venue", "market", "is_liquidation"])
     spot = t.filter(pl.col("market") == "spot")
     assert spot["is_liquidation"].null_count() == spot.height  # spot venues do not tag fills
     perp = t.filter(pl.col("market") == "perp")
     assert perp["is_liquidation"].null_count() == 0
     assert perp["is_liquidation"].sum() > 0
-    liq = pl.read_parquet(lake.glob("liquidations"), columns=["ts", "venue", "native_symbol", "account"])
+    liq = pl.read_parquet([str(f) for f in lake.files("liquidations")], columns=["ts", "venue", "native_symbol", "account"])
     b = liq.filter(pl.col("venue") == "binance")
     # Binance's forceOrder stream: at most one liquidation per symbol per second
     per_sec = b.group_by("native_symbol", pl.col("ts").dt.truncate("1s")).len()
