@@ -14,7 +14,7 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from .db import QueryError, SQLRefused, connect, named_queries
+from .db import DEFAULT_TIMEOUT_S, Limits, QueryError, QueryLimit, SQLRefused, connect, named_queries
 
 SQL_EPILOG = """\
 examples:
@@ -31,6 +31,8 @@ examples:
 Views: trades, book_snapshots, book_deltas, depth_bands, bars, prices, funding, open_interest,
 liquidations, markers, manifest, quarantine (times are UTC). The session is read-only: writes,
 COPY, ATTACH, INSTALL/LOAD, SET and files outside the lake are refused. Use --out to save results.
+A query stops with a message after --timeout seconds, or when the engine or the result needs more
+than --memory-limit (exit code 1).
 """
 
 TIMELINE_EPILOG = """\
@@ -67,6 +69,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--list", action="store_true", help="list the named queries")
     p.add_argument("--param", action="append", default=[], metavar="K=V", help="parameter of a named query (repeat)")
     p.add_argument("--max-rows", type=int, default=200, help="rows shown with --format table (default 200)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help=f"stop a query that runs longer (default {DEFAULT_TIMEOUT_S:g}; 0 = no limit)")
+    p.add_argument("--memory-limit", default=None, metavar="SIZE",
+                   help="memory for the query engine and the result, e.g. 4GB (default: half the machine's memory)")
     p.set_defaults(func=cmd_sql)
 
     t = sub.add_parser(
@@ -184,7 +190,8 @@ def cmd_sql(args: argparse.Namespace) -> int:
         err.print("[red]error:[/] give a QUERY, --file F or --query NAME (or --list)")
         return 2
     try:
-        with connect(args.lake) as db:
+        limits = Limits.parse(args.timeout, args.memory_limit)
+        with connect(args.lake, limits) as db:
             if args.query:
                 df = db.query(args.query, **_params(args.param))
                 title = args.query
@@ -200,6 +207,9 @@ def cmd_sql(args: argparse.Namespace) -> int:
     except QueryError as e:
         _err(f"error: {e}")
         return 2
+    except QueryLimit as e:
+        _err(f"error: {e}")
+        return 1
     except duckdb.Error as e:
         _err(f"error: {str(e).splitlines()[0]}")
         return 1

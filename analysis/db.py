@@ -11,6 +11,9 @@ Why it is built this way:
   allowed directories with external access off), extension autoload/autoinstall off and
   ``lock_configuration=true``, so even a statement that slipped past (1) cannot read outside the
   lake, load an extension or change a setting. Files are written only by Python (`--out`).
+* Limits (`Limits`): a time limit (the query is interrupted) and a memory limit (DuckDB's
+  `memory_limit`, and the result is fetched in batches and stopped when it outgrows the same
+  limit), so a runaway query stops with a message naming the limit and the flag that raises it.
 * The session time zone is UTC, so `time_bucket`, `strftime` and date parts mean UTC everywhere.
 * Markers: when the lake holds no `markers` rows, the view shows the markers shipped in
   `data/markers.csv` (parsed by the same importer `crashlab ingest` uses), so every timeline has
@@ -30,7 +33,8 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -55,6 +59,71 @@ class SQLRefused(Exception):
 
 class QueryError(Exception):
     """A named query that does not exist, or a parameter it cannot take."""
+
+
+class QueryLimit(Exception):
+    """A query stopped by a limit of the session (time, memory): the message says which and how to raise it."""
+
+
+# ---- limits --------------------------------------------------------------------------------------
+#: A runaway query (a self cross join of `trades`) must stop with a message, not run until killed or
+#: take the machine's memory. The defaults leave room for whole-day scans of a large lake.
+DEFAULT_TIMEOUT_S = 300.0
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)?\s*$", re.I)
+_UNIT = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+         "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a size such as `4GB`, `512MiB` or `2000000000` (a bare number is bytes)."""
+    m = _SIZE.match(str(text))
+    if not m:
+        raise QueryError(f"memory limit {text!r}: give a size such as 4GB, 512MiB or 2.5GB")
+    n = int(float(m.group(1)) * _UNIT[(m.group(2) or "B").upper()])
+    if n < 16 * 2**20:
+        raise QueryError(f"memory limit {text!r}: at least 16MiB is needed to run a query")
+    return n
+
+
+def default_memory_bytes() -> int:
+    """Half of the machine's physical memory: the query engine and the caller's frames share it."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
+    except (ValueError, OSError, AttributeError):
+        return 4 * 2**30
+
+
+def _human(n: int) -> str:
+    for unit, k in (("GiB", 2**30), ("MiB", 2**20)):
+        if n >= k:
+            return f"{n / k:.1f}{unit}"
+    return f"{n}B"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Time and memory limits of a session. `timeout_s=None` (or 0) means no time limit.
+
+    The memory limit bounds DuckDB's own buffers and also the result handed back: results are
+    fetched in batches and a result larger than the limit stops with a message (DuckDB hands
+    Arrow results out of its buffer manager, so its `memory_limit` alone would not stop
+    `SELECT * FROM trades a, trades b`)."""
+
+    timeout_s: float | None = DEFAULT_TIMEOUT_S
+    memory_bytes: int = field(default_factory=default_memory_bytes)
+
+    def __post_init__(self) -> None:
+        if self.timeout_s is not None and not (self.timeout_s >= 0):
+            raise QueryError(f"time limit {self.timeout_s!r}: give seconds >= 0 (0 = no limit)")
+        if self.memory_bytes < 16 * 2**20:
+            raise QueryError(f"memory limit {self.memory_bytes} bytes: at least 16MiB is needed to run a query")
+
+    @classmethod
+    def parse(cls, timeout: float | str | None = None, memory: str | int | None = None) -> "Limits":
+        """From CLI/API values: `timeout` in seconds (0 = none), `memory` as a size (`4GB`)."""
+        t = DEFAULT_TIMEOUT_S if timeout is None else float(timeout)
+        m = default_memory_bytes() if memory is None else (memory if isinstance(memory, int) else parse_size(memory))
+        return cls(None if t == 0 else t, m)
 
 
 # ---- types ---------------------------------------------------------------------------------------
@@ -253,8 +322,9 @@ def bind(q: NamedQuery, params: dict[str, Any]) -> dict[str, Any]:
 class Forensics:
     """A locked, read-only DuckDB session over one lake."""
 
-    def __init__(self, lake: Lake):
+    def __init__(self, lake: Lake, limits: Limits | None = None):
         self.lake = lake
+        self.limits = limits or Limits()
         root = Path(os.path.abspath(lake.root))
         self._tmp = tempfile.mkdtemp(prefix="crashlab-duckdb-")
         con = duckdb.connect(
@@ -264,6 +334,7 @@ class Forensics:
         try:
             con.execute("SET TimeZone = 'UTC'")
             con.execute(f"SET temp_directory = {_sql_str(self._tmp)}")
+            con.execute(f"SET memory_limit = '{self.limits.memory_bytes}B'")
             con.execute(f"SET allowed_directories = [{_sql_str(str(root) + os.sep)}]")
             con.execute("SET enable_external_access = false")
             self.views = self._create_views(con, root)
@@ -337,11 +408,45 @@ class Forensics:
         return rel
 
     def _run(self, text: str, params: dict | None) -> pl.DataFrame:
+        lim = self.limits
+        fired = threading.Event()
+
+        def stop() -> None:
+            fired.set()
+            self.con.interrupt()
+
+        timer = threading.Timer(lim.timeout_s, stop) if lim.timeout_s else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
         try:
             rel = self.con.sql(text, params=params or None)
-            tbl = rel.to_arrow_table() if rel is not None else pa.table({})
+            if rel is None:
+                return pl.DataFrame()
+            reader = rel.to_arrow_reader(65_536)
+            batches, size = [], 0
+            for b in reader:
+                size += b.nbytes
+                if size > lim.memory_bytes:
+                    reader.close()
+                    raise QueryLimit(
+                        f"stopped: the result is larger than the memory limit ({_human(lim.memory_bytes)}); "
+                        f"aggregate it or add LIMIT, write it with --out, or raise the limit with --memory-limit")
+                batches.append(b)
+            tbl = pa.Table.from_batches(batches, schema=reader.schema)
+        except duckdb.InterruptException:
+            if fired.is_set():
+                raise QueryLimit(f"stopped after {lim.timeout_s:g} s (the time limit); raise it with "
+                                 f"--timeout SECONDS, or --timeout 0 for none") from None
+            raise
+        except duckdb.OutOfMemoryException:
+            raise QueryLimit(f"stopped: the query needs more than the memory limit ({_human(lim.memory_bytes)}); "
+                             f"narrow the window or the tables, or raise it with --memory-limit") from None
         except duckdb.PermissionException as e:
             raise SQLRefused(f"refused: {str(e).splitlines()[0]} (only the lake can be read)") from None
+        finally:
+            if timer is not None:
+                timer.cancel()
         return pl.from_arrow(tbl)  # type: ignore[return-value]
 
     def query(self, name: str, **params: Any) -> pl.DataFrame:
@@ -366,7 +471,7 @@ class Forensics:
         self.close()
 
 
-def connect(lake: str | os.PathLike[str] | Lake | None = None) -> Forensics:
+def connect(lake: str | os.PathLike[str] | Lake | None = None, limits: Limits | None = None) -> Forensics:
     """A read-only, locked session over `lake` (default: `--lake` > CRASHLAB_LAKE > data/lake)."""
     lk = lake if isinstance(lake, Lake) else Lake.open(lake)
-    return Forensics(lk)
+    return Forensics(lk, limits)
