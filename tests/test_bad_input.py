@@ -62,10 +62,14 @@ def test_wrong_header(tmp_path):
     assert rep2.status == "error" and "header" in rep2.message and "line 1" in rep2.message
 
 
-def test_extra_columns_name_the_line(tmp_path):
+def test_a_line_with_an_extra_field_is_quarantined_with_its_line(tmp_path):
+    """Once the whole file was refused for it; now the line goes alone, like a line missing a field."""
     f = write_gz(tmp_path / "coinbase_trades_2025-10-10_BTC-USD.csv.gz", HEADER + _trades(3) + "coinbase,BTC-USD,1,2,3,buy,1,1,EXTRA\n")
-    _, (rep,) = _ingest(tmp_path, f)
-    assert rep.status == "error" and "line 5" in rep.message
+    lake, (rep,) = _ingest(tmp_path, f)
+    assert (rep.status, rep.rows_read, rep.rows_written, rep.rows_quarantined) == ("written", 4, 3, 1)
+    [q] = lake.quarantine().to_dicts()
+    assert q["line"] == 5 and q["reason"] == "extra field: 9 fields, expected 8"
+    assert q["raw"] == "coinbase,BTC-USD,1,2,3,buy,1,1,EXTRA"
 
 
 def test_ms_rows_in_a_us_file_are_quarantined(tmp_path):
