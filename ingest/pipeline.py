@@ -233,8 +233,8 @@ def _refuse_if_mostly_malformed(
     )
     raise FormatError(
         path,
-        f"refused: {n:,} of its {rows_read:,} lines ({n / rows_read:.0%}) are malformed, more than the "
-        f"limit of {limit:.0%} (--max-malformed {limit:g}): {kinds}. Is it really a {fmt} file?",
+        f"{n:,} of its {rows_read:,} lines ({n / rows_read:.0%}) are malformed, more than the "
+        f"{limit:.0%} a file may have (--max-malformed {limit:g}): {kinds}. Is it really a {fmt} file?",
     )
 
 

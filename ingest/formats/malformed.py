@@ -132,11 +132,21 @@ def scan(data: bytes, width: int, *, quoted: bool) -> Scan:
         {
             "_row": bad_lines,
             "reason": [found[i][1] for i in bad_lines.tolist()],
-            "raw": [data[starts[i]:ends[i]].decode("utf-8", "backslashreplace")[:_RAW_CHARS] for i in bad_lines.tolist()],
+            "raw": [_readable(data[starts[i]:ends[i]]) for i in bad_lines.tolist()],
         },
         schema=QUARANTINE_COLUMNS,
     )
     return Scan(good, np.flatnonzero(keep), malformed, n)
+
+
+#: Control characters (but tab) shown as escapes in a quoted line, so it can be read and copied.
+_ESCAPES = {c: f"\\x{c:02x}" for c in range(32) if c != 9} | {13: "\\r", 127: "\\x7f"}
+
+
+def _readable(line: bytes) -> str:
+    """A malformed line as text for the quarantine: bytes that are no UTF-8 and control characters
+    as escapes (`\\xff`, `\\r`, `\\x00`), cut at `_RAW_CHARS` characters."""
+    return line.decode("utf-8", "backslashreplace").translate(_ESCAPES)[:_RAW_CHARS]
 
 
 def kinds(malformed: pl.DataFrame) -> dict[str, tuple[int, int]]:
