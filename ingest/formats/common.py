@@ -166,12 +166,6 @@ class CsvChunk:
     def malformed_kinds(self) -> dict[str, tuple[int, int]]:
         return _malformed.kinds(self.malformed)
 
-    def slice(self, lo: int, hi: int | None) -> "CsvChunk":
-        """The lines from `lo` to before `hi` (file line numbers; None: to the end)."""
-        keep = pl.col("_row") >= lo if hi is None else pl.col("_row").is_between(lo, hi, closed="left")
-        text = self.text
-        return CsvChunk(self.cells.filter(keep), lambda: text().filter(keep), self.malformed.filter(keep))
-
 
 def _polars_csv(src: bytes | Path, names: list[str], schema: dict[str, pl.DataType], header: bool, quoted: bool) -> pl.DataFrame:
     return pl.read_csv(
@@ -182,10 +176,16 @@ def _polars_csv(src: bytes | Path, names: list[str], schema: dict[str, pl.DataTy
 
 def _looks_clean(df: pl.DataFrame, columns: list[str]) -> bool:
     """No NUL, CR or newline in the text of `columns`: what a typed read that succeeded may still
-    have let through (a CR inside a field; with quoting, lines read as one)."""
+    have let through (a CR inside a field; with quoting, lines read as one).
+
+    A column whose every cell is an integer (trade ids, as most venues give them) holds none of
+    them; that cast (2 ms on 266 k ids) is cheaper than searching the text (4 ms), which only the
+    other columns get."""
     if not columns or df.height == 0:
         return True
-    return not df.select(pl.any_horizontal([pl.col(c).str.contains(r"[\x00\r\n]") for c in columns]).any()).item()
+    ints = df.select([pl.col(c).cast(pl.Int64, strict=False).null_count().alias(c) for c in columns]).row(0)
+    rest = [c for c, n in zip(columns, ints) if n != df[c].null_count()]
+    return not rest or not df.select(pl.any_horizontal([pl.col(c).str.contains(r"[\x00\r\n]") for c in rest]).any()).item()
 
 
 def _line_count(data: bytes, header: bool) -> int:
@@ -288,16 +288,20 @@ def iter_csv_cells(
     opts = dict(numeric=numeric, quoted=quoted, verbatim=verbatim)
     if path.stat().st_size <= WHOLE_READ_BYTES:
         whole = None if path.name.lower().endswith((".gz", ".csv")) else read_bytes(path)
-        chunk = read_csv_cells(path, whole, names, header=header, **opts)
-        text = cache(chunk.text)
-        chunk = CsvChunk(chunk.cells, text, chunk.malformed)
-        starts = chunk.cells["_row"].gather_every(chunk_rows).to_list() if chunk.cells.height else []
-        if not starts:
-            yield chunk
+        whole_chunk = read_csv_cells(path, whole, names, header=header, **opts)
+        cells, mal, text = whole_chunk.cells, whole_chunk.malformed, cache(whole_chunk.text)
+        if cells.height <= chunk_rows:
+            yield CsvChunk(cells, text, mal)
             return
-        starts[0] = 0  # malformed lines before the first row go with the first chunk
-        for k, lo in enumerate(starts):
-            yield chunk.slice(lo, starts[k + 1] if k + 1 < len(starts) else None)
+        # Rows in slices (no copies; the text has the same rows); a malformed line goes with the
+        # slice its line number falls in, those before the first row with the first slice.
+        offsets = list(range(0, cells.height, chunk_rows))
+        bounds = [0, *cells["_row"].gather(offsets[1:]).to_list(), None]
+        for k, off in enumerate(offsets):
+            lo, hi = bounds[k], bounds[k + 1]
+            part = mal if not mal.height else mal.filter(
+                pl.col("_row") >= lo if hi is None else pl.col("_row").is_between(lo, hi, closed="left"))
+            yield CsvChunk(cells.slice(off, chunk_rows), lambda off=off: text().slice(off, chunk_rows), part)
         return
     rows_before, yielded = 1 if header else 0, False
     with open_stream(path) as fh:
