@@ -25,8 +25,7 @@ examples:
   crashlab ingest ../shared/data/real/binance-vision/futures-um-price-klines-5m --price-type mark
   crashlab ingest ../shared/data/real/usde/usde_minute_binance.parquet \\
       --venue binance --market spot --symbol USDE/USDT --price-type trade --interval 1m
-
-  crashlab ingest odd.csv.gz --max-malformed 0.9             # keep a badly damaged file's good lines
+  crashlab ingest odd.csv.gz --max-malformed 0.9              # keep a badly damaged file's good lines
 
 Formats are detected from the file name and first line (Tardis CSV, Binance public-data archives,
 Hyperliquid lz4, Uniswap pool Parquet, generic OHLCV with --venue/--market/--symbol). A file that
@@ -63,6 +62,16 @@ def _share(text: str) -> float:
             f"{text!r} is not a share from 0 to 1 (e.g. 0.5: refuse a file when more than half of its lines are "
             "malformed; 0 refuses any malformed line, 1 never refuses)"
         ) from None
+
+
+def _jobs(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes (a whole number, 1 or more)")
+    return n
 
 
 def _lake(args: argparse.Namespace) -> Lake:
@@ -196,7 +205,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
     p.add_argument("--lake", help="lake folder (default: $CRASHLAB_LAKE or data/lake)")
-    p.add_argument("--jobs", type=int, default=1, help="files ingested in parallel (processes)")
+    p.add_argument("--jobs", type=_jobs, default=1, metavar="N",
+                   help="files ingested in parallel, in worker processes that die with this one (default 1)")
     p.add_argument("--price-type", choices=["trade", "mark", "index", "premium"], help="what a kline/bar file's prices are")
     p.add_argument("--venue", help="venue of a generic bars/prices file (e.g. binance)")
     p.add_argument("--market", help="market of a generic file: spot, perp, future, option")
