@@ -96,7 +96,7 @@ def stages(path: Path, out: Path, repeat: int) -> dict[str, float]:
         tm("bare read_csv", lambda: pl.read_csv(path))
         tm("sha256", lambda: sha256_file(path))
         cols = tardis.COLUMNS["trades"]
-        tm("read (numbers typed)", lambda: common.read_csv_cells(path, None, cols, header=True, numeric=tardis.numeric_columns(cols)))
+        tm("read (numbers typed)", lambda: common.read_csv_cells(path, None, cols, header=True, **tardis.read_options(cols)))
         parsed = tm("parse (read + canonical columns)", lambda: tardis.parse(path, Options()))
         good, _ = tm("validate + event ids", lambda: validate(parsed, seen=SeenIds()))
         df = next(iter(good.values())).drop("_row").with_columns(

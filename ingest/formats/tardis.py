@@ -69,7 +69,7 @@ def numeric_columns(columns: list[str]) -> dict[str, pl.DataType]:
 _VERBATIM = ("id", "is_snapshot")
 
 
-def _read_options(columns: list[str]) -> dict:
+def read_options(columns: list[str]) -> dict:
     """How `common.read_csv_cells` reads a Tardis CSV: numbers typed, no quoting (Tardis never
     quotes, so a stray quote is one bad cell, not the start of a field running over many lines)."""
     return dict(numeric=numeric_columns(columns), quoted=False, verbatim=[n for n in _VERBATIM if n in columns])
@@ -339,7 +339,7 @@ def parse(path: Path, options: Options) -> Parsed:
     if not dtype:
         return Parsed(format=f"tardis.{expected[0]}", rows_read=0, tables={}, day=c.file_day(path), decisions=decisions)
     data = None if path.name.lower().endswith((".gz", ".csv")) else c.read_bytes(path)
-    chunk = c.read_csv_cells(path, data, expected, header=True, **_read_options(expected))
+    chunk = c.read_csv_cells(path, data, expected, header=True, **read_options(expected))
     return _convert(path, chunk, dtype, decisions, None)
 
 
@@ -360,7 +360,7 @@ def iter_parse(path: Path, options: Options, chunk_rows: int) -> Iterator[Parsed
         return
     evidence: dict[str, int] = {}
     lines = max(1, chunk_rows // _FANOUT.get(dtype, 1))
-    for chunk in c.iter_csv_cells(path, expected, header=True, chunk_rows=lines, **_read_options(expected)):
+    for chunk in c.iter_csv_cells(path, expected, header=True, chunk_rows=lines, **read_options(expected)):
         yield _convert(path, chunk, dtype, decisions, evidence)
     ranked = sorted((v, k) for k, v in evidence.items() if k != "none")
     _unit_check(path, ranked[-1][1] if ranked else None, evidence)
