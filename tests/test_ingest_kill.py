@@ -303,3 +303,27 @@ def test_a_worker_that_outlives_its_parent_still_holds_the_lock(tmp_path):
     while not _lock_is_free(lake) and time.monotonic() < end:
         time.sleep(0.05)
     assert _lock_is_free(lake)
+
+
+@needs_proc
+def test_a_killed_worker_fails_its_files_not_the_run(source, clean, tmp_path):
+    """A worker killed under the parent (the OOM killer, a user's kill -9): the files it and the
+    broken pool did not finish are reported as failed with the cause, the exit status is 1, and the
+    rerun completes the lake exactly."""
+    expected, _ = clean
+    lake = tmp_path / "lake"
+    p = _run(source, lake, jobs=2)
+    deadline = time.monotonic() + 60
+    while len(_workers(p.pid)) < 2 and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    victims = _workers(p.pid)
+    assert victims and p.poll() is None, "the ingest finished before a worker could be killed"
+    os.kill(victims[0], signal.SIGKILL)
+    assert p.wait(timeout=120) == 1
+    err = p.stderr.read().decode()
+    assert "the worker process ingesting it died" in err and "run the ingest again" in err
+    assert not [x for x in _descendants(p.pid) if _alive(x)]
+    p = _run(source, lake, jobs=2)
+    assert p.wait(timeout=300) == 0, p.stderr.read().decode()
+    assert _snapshot(lake) == expected
