@@ -255,23 +255,26 @@ def _read_scanned(
     malformed = sc.malformed.with_columns(pl.col("_row") + first)
     text_schema = {n: pl.String for n in names}
     numeric = [n for n, t in schema.items() if t != pl.String]
-    try:
-        raw = _polars_csv(sc.good, names, text_schema, False, quoted)
-    except pl.exceptions.PolarsError as e:
-        raise FormatError(path, f"cannot read as CSV: {str(e).splitlines()[0]}", first) from None
-    if raw.height != len(rows):
-        raise RuntimeError(f"{path}: {len(rows)} readable lines gave {raw.height} rows (CSV reader and line scan disagree)")
-    text = raw.with_columns(rows).select("_row", *names).rechunk()
-    cells = None
-    if numeric and malformed.height:  # only malformed lines spoiled the typed read: try it on the rest
+
+    def read(sch: dict[str, pl.DataType]) -> pl.DataFrame:
+        df = _polars_csv(sc.good, names, sch, False, quoted)
+        if df.height != len(rows):
+            raise RuntimeError(f"{path}: {len(rows)} readable lines gave {df.height} rows (CSV reader and line scan disagree)")
+        return df.with_columns(rows).select("_row", *names).rechunk()
+
+    def read_text() -> pl.DataFrame:
         try:
-            typed = _polars_csv(sc.good, names, schema, False, quoted)
+            return read(text_schema)
+        except pl.exceptions.PolarsError as e:
+            raise FormatError(path, f"cannot read as CSV: {str(e).splitlines()[0]}", first) from None
+
+    if numeric and malformed.height:  # perhaps only malformed lines spoiled the typed read: try it on the rest
+        try:
+            return CsvChunk(read(schema), cache(read_text), malformed)
         except pl.exceptions.PolarsError:
             pass
-        else:
-            cells = typed.with_columns(rows).select("_row", *names).rechunk()
-    if cells is None:
-        cells = text.with_columns(pl.col(n).str.strip_chars() for n in numeric) if numeric else text
+    text = read_text()
+    cells = text.with_columns(pl.col(n).str.strip_chars() for n in numeric) if numeric else text
     return CsvChunk(cells, lambda: text, malformed)
 
 

@@ -72,7 +72,7 @@ def scan(data: bytes, width: int, *, quoted: bool) -> Scan:
     def line_of(pos: np.ndarray) -> np.ndarray:
         return np.searchsorted(ends, pos, side="left")
 
-    high = np.flatnonzero(arr >= 0x80)
+    high = np.flatnonzero(arr >= 0x80) if not data.isascii() else np.zeros(0, np.int64)
     if len(high):
         lines = np.unique(line_of(high))
         bad, why = [], []
@@ -84,11 +84,11 @@ def scan(data: bytes, width: int, *, quoted: bool) -> Scan:
                 bad.append(i)
                 why.append(f"not UTF-8 at byte {e.start + 1} of the line ({seg[e.start:e.start + 4]!r})")
         mark(np.array(bad, dtype=np.int64), 0, why)
-    nul = np.flatnonzero(arr == 0)
+    nul = np.flatnonzero(arr == 0) if b"\x00" in data else np.zeros(0, np.int64)
     if len(nul):
         lines, first = np.unique(line_of(nul), return_index=True)
         mark(lines, 1, [f"at byte {p - starts[i] + 1} of the line (binary data?)" for i, p in zip(lines, nul[first])])
-    cr = np.flatnonzero(arr == 13)
+    cr = np.flatnonzero(arr == 13) if b"\r" in data else np.zeros(0, np.int64)
     if len(cr):
         nxt = np.where(cr + 1 < len(arr), arr[np.minimum(cr + 1, len(arr) - 1)], 10)
         stray = cr[(nxt != 10) & (nxt != 44) & (cr + 1 < len(arr))]
@@ -98,7 +98,8 @@ def scan(data: bytes, width: int, *, quoted: bool) -> Scan:
                 f"a CR at byte {p - starts[i] + 1} of the line that does not end a field "
                 "(a line break of another system inside the line?)" for i, p in zip(lines, stray[first])
             ])
-    commas = np.bincount(line_of(np.flatnonzero(arr == 44)), minlength=n)[:n] if n else np.zeros(0, np.int64)
+    # Commas per line: a sum over each line's bytes (its newline included, which is no comma).
+    commas = np.add.reduceat(arr == 44, starts, dtype=np.int64) if n else np.zeros(0, np.int64)
     fields = commas + 1
     quote_lines = np.unique(line_of(np.flatnonzero(arr == 34))) if quoted and n else np.zeros(0, np.int64)
     if len(quote_lines):
@@ -123,9 +124,12 @@ def scan(data: bytes, width: int, *, quoted: bool) -> Scan:
     bad_lines = np.array(sorted(found), dtype=np.int64)
     keep = np.ones(n, dtype=bool)
     keep[bad_lines] = False
-    lengths = ends - starts + 1  # with the newline (the last line may lack one: its slice just ends)
-    mask = np.repeat(keep, lengths)[: len(arr)]
-    good = arr[mask].tobytes()
+    pieces, pos = [], 0
+    for i in bad_lines.tolist():  # the text between malformed lines, each line with its newline
+        pieces.append(data[pos:starts[i]])
+        pos = ends[i] + 1
+    pieces.append(data[pos:])
+    good = b"".join(pieces)
     if good and not good.endswith(b"\n"):
         good += b"\n"
     malformed = pl.DataFrame(
