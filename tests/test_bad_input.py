@@ -278,3 +278,15 @@ def test_refusals_exit_non_zero_and_are_listed_with_their_cause(tmp_path):
     assert "refused" in out and "empty file (0 bytes)" in out and str(empty) in out
     assert "1 written" in out and "1 refused" in out
     assert good.name[:20] in out
+
+
+def test_a_book_delta_whose_is_snapshot_is_no_boolean_is_quarantined(tmp_path):
+    """Once written with is_snapshot null; the flag decides whether a delta resets the book."""
+    head = "exchange,symbol,timestamp,local_timestamp,is_snapshot,side,price,amount\n"
+    rows = "".join(f"coinbase,BTC-USD,{US + i},{US + i + 5},{flag},bid,{100 + i},1\n"
+                   for i, flag in enumerate(["true", "false", "maybe", "false"]))
+    f = write_gz(tmp_path / "coinbase_incremental_book_L2_2025-10-10_BTC-USD.csv.gz", head + rows)
+    lake, (rep,) = _ingest(tmp_path, f)
+    assert (rep.status, rep.rows_read, rep.rows_written, rep.rows_quarantined) == ("written", 4, 3, 1), rep.message
+    [q] = lake.quarantine().to_dicts()
+    assert q["line"] == 4 and q["reason"] == "is_snapshot is not true/false"

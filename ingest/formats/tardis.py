@@ -310,6 +310,7 @@ def _convert(
         tables = _trades(work, dtype == "liquidations")
     elif dtype == "incremental_book_L2":
         tables = _deltas(work)
+        rejected.append(c.rejections(work, c.boolean("is_snapshot").is_null(), "is_snapshot is not true/false"))
     elif dtype.startswith("book_snapshot"):
         n = int(dtype.rsplit("_", 1)[1])
         parts = [(s, i, f"{s}s[{i}].price", f"{s}s[{i}].amount") for i in range(n) for s in ("ask", "bid")]
