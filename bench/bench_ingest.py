@@ -7,8 +7,13 @@
    time and peak RSS of the ingesting process (target < 4 GB). The child is watched and killed
    above `--limit-gb` so a shared machine is never pushed into swap or the OOM killer.
 
+3. With `--baseline CHECKOUT` (another commit's tree, e.g. `git worktree add /tmp/base main`):
+   this code against that one in the same run, alternating: the largest real Tardis file ingested
+   in one process (best of a few ingests per child, after a warm-up), and `crashlab ingest` of the
+   real Tardis and Binance folders with `--jobs 2` (wall time of the whole command, fresh lake).
+
 Run:  .venv/bin/python bench/bench_ingest.py [--rows 30000000] [--repeat 7] [--limit-gb 10]
-      [--skip-real | --skip-synthetic]
+      [--skip-real | --skip-synthetic] [--baseline CHECKOUT [--rounds 5]]
 Appends a Markdown section to bench/RESULTS_ingest.md.
 """
 
@@ -91,7 +96,7 @@ def stages(path: Path, out: Path, repeat: int) -> dict[str, float]:
         tm("bare read_csv", lambda: pl.read_csv(path))
         tm("sha256", lambda: sha256_file(path))
         cols = tardis.COLUMNS["trades"]
-        tm("read (numbers typed)", lambda: common.read_csv_cells(path, None, cols, header=True, numeric=tardis.numeric_columns(cols)))
+        tm("read (numbers typed)", lambda: common.read_csv_cells(path, None, cols, header=True, **tardis.read_options(cols)))
         parsed = tm("parse (read + canonical columns)", lambda: tardis.parse(path, Options()))
         good, _ = tm("validate + event ids", lambda: validate(parsed, seen=SeenIds()))
         df = next(iter(good.values())).drop("_row").with_columns(
@@ -230,6 +235,89 @@ def synthetic(rows: int, limit_gb: float) -> list[str]:
             f"| peak RSS of the ingesting process | {peak / 2**30:.2f} GiB (target < 4 GB {'met' if ok else 'NOT met'}) |"]
 
 
+_AB_CHILD = """
+import shutil, sys, time
+from crashlab.ingest.pipeline import ingest_file
+from crashlab.ingest.formats.base import Options
+lake, path, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+out = []
+for i in range(n + 1):  # the first is a warm-up (imports, page cache)
+    shutil.rmtree(lake, ignore_errors=True)
+    t = time.perf_counter()
+    r = ingest_file(lake, path, Options())
+    out.append(time.perf_counter() - t)
+    assert r.status == "written", r.message
+print(" ".join(f"{x:.4f}" for x in out[1:]))
+"""
+
+
+def _baseline_env(checkout: Path, shim: Path) -> dict[str, str]:
+    """An environment in which `import crashlab` is the code of `checkout` (also in spawned workers).
+
+    The package maps `crashlab.ingest` to `ingest/` and so on, so a folder of links gives the same
+    layout, and a sitecustomize drops this venv's editable-install finder and puts the links first.
+    """
+    pkg = shim / "crashlab"
+    pkg.mkdir(parents=True)
+    for f in (checkout / "crashlab").iterdir():
+        (pkg / f.name).symlink_to(f)
+    for sub in ("ingest", "replay", "analysis"):
+        (pkg / sub).symlink_to(checkout / sub)
+    (shim / "sitecustomize.py").write_text(
+        "import sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]\n"
+        f"sys.path.insert(0, {str(shim)!r})\n"
+    )
+    return {**os.environ, "PYTHONPATH": str(shim)}
+
+
+def ab(checkout: Path, rounds: int) -> list[str]:
+    """This code vs `checkout`'s, alternating in the same run (see the module docstring, item 3)."""
+    files = sorted((SHARED_REAL / "tardis").rglob("*.csv.gz"), key=lambda p: p.stat().st_size)
+    if not files:
+        return [f"(A/B skipped: no Tardis files under {SHARED_REAL})"]
+    big = files[-1]
+    folders = [str(SHARED_REAL / "tardis"), str(SHARED_REAL / "binance-vision")]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmpd = Path(tmp)
+        envs = {"this": dict(os.environ), "baseline": _baseline_env(checkout.resolve(), tmpd / "shim")}
+        where = {}
+        for k, env in envs.items():  # say which code each side runs
+            where[k] = subprocess.run([sys.executable, "-c", "import crashlab.ingest.pipeline as p; print(p.__file__)"],
+                                      env=env, cwd=tmp, capture_output=True, text=True, check=True).stdout.strip()
+        one: dict[str, list[float]] = {"this": [], "baseline": []}
+        jobs: dict[str, list[float]] = {"this": [], "baseline": []}
+        for i in range(rounds):
+            for k in (("this", "baseline") if i % 2 else ("baseline", "this")):
+                r = subprocess.run([sys.executable, "-c", _AB_CHILD, str(tmpd / "lake1"), str(big), "3"],
+                                   env=envs[k], cwd=tmp, capture_output=True, text=True)
+                assert r.returncode == 0, r.stderr
+                one[k] += [float(x) for x in r.stdout.split()]
+                shutil.rmtree(tmpd / "lakej", ignore_errors=True)
+                t = time.perf_counter()
+                r = subprocess.run([sys.executable, "-m", "crashlab", "ingest", *folders, "--lake", str(tmpd / "lakej"),
+                                    "--jobs", "2", "--quiet", "--format", "json"],
+                                   env=envs[k], cwd=tmp, capture_output=True, text=True)
+                jobs[k].append(time.perf_counter() - t)
+                assert r.returncode == 0, r.stderr[-2000:]
+    n_files = sum(1 for f in folders for p in Path(f).rglob("*") if p.is_file() and not p.name.endswith((".md", ".CHECKSUM")))
+
+    def row(label: str, d: dict[str, list[float]]) -> str:
+        b, t = d["baseline"], d["this"]
+        return (f"| {label} | {min(b):.3f} / {statistics.median(b):.3f} | {min(t):.3f} / {statistics.median(t):.3f} | "
+                f"{min(t) / min(b):.3f}× / {statistics.median(t) / statistics.median(b):.3f}× |")
+
+    return [
+        f"A/B against `{checkout}` ({rounds} alternating rounds; baseline code: `{where['baseline']}`, "
+        f"this code: `{where['this']}`)",
+        "",
+        "| run | baseline best / median s | this best / median s | this ÷ baseline (best / median) |",
+        "|---|---|---|---|",
+        row(f"`{big.name}` ({big.stat().st_size / 1e6:.1f} MB gz), one process, {3 * rounds} ingests each", one),
+        row(f"`crashlab ingest tardis binance-vision --jobs 2` ({n_files} files, whole command), {rounds} runs each", jobs),
+    ]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=30_000_000)
@@ -237,12 +325,18 @@ def main() -> int:
     ap.add_argument("--limit-gb", type=float, default=10.0)
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--skip-real", action="store_true")
+    ap.add_argument("--baseline", type=Path, help="another checkout of crashlab to compare with, in the same run")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds of the --baseline comparison")
     args = ap.parse_args()
+    if args.baseline is not None and not (args.baseline / "ingest" / "pipeline.py").is_file():
+        ap.error(f"--baseline {args.baseline}: not a crashlab checkout (no ingest/pipeline.py there)")
     lines = [f"## Ingest benchmark ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)", "", f"Machine: {machine()}", ""]
     if not args.skip_real:
         lines += real_file(args.repeat)
     if not args.skip_synthetic:
         lines += [""] + synthetic(args.rows, args.limit_gb)
+    if args.baseline is not None:
+        lines += [""] + ab(args.baseline, args.rounds)
     text = "\n".join(lines) + "\n"
     print(text)
     with open(HERE / "RESULTS_ingest.md", "a") as fh:

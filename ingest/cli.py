@@ -14,7 +14,7 @@ from rich.table import Table
 
 from .catalog import catalog
 from .detect import expand_paths
-from .formats.base import Options
+from .formats.base import MAX_MALFORMED, Options, check_max_malformed
 from .lake import Lake
 from .pipeline import ingest_paths, report_dict
 
@@ -25,11 +25,24 @@ examples:
   crashlab ingest ../shared/data/real/binance-vision/futures-um-price-klines-5m --price-type mark
   crashlab ingest ../shared/data/real/usde/usde_minute_binance.parquet \\
       --venue binance --market spot --symbol USDE/USDT --price-type trade --interval 1m
+  crashlab ingest odd.csv.gz --max-malformed 0.9              # keep a badly damaged file's good lines
 
 Formats are detected from the file name and first line (Tardis CSV, Binance public-data archives,
 Hyperliquid lz4, Uniswap pool Parquet, generic OHLCV with --venue/--market/--symbol). A file that
-was ingested before (same sha256) is skipped. Rows that fail validation go to the quarantine with
-a reason; exit status is 1 if any file could not be ingested.
+was ingested before (same sha256) is skipped.
+
+For every file, rows read = rows written + rows quarantined, or the file is refused with its cause
+and nothing of it is written. Rows that fail validation, and malformed lines (an extra field,
+undecodable bytes, a stray carriage return, NUL bytes), go to the `quarantine` table with their
+file line (header = line 1) and a reason: `crashlab sql "SELECT * FROM quarantine"`. Each source
+is listed in the `manifest` table. A file whose malformed lines are more than half of its lines
+(--max-malformed, default 0.5) is refused as a whole, as is a file that is not what its name says
+(0 bytes, a .gz that is not gzip, a .zip that is not a zip, a truncated archive). Exit status is
+1 if any file was refused or failed.
+
+--jobs N ingests N files at once in worker processes; they hold this process's lock on the lake
+and die with it, so an ingest killed at any moment leaves nothing a reader sees, and running it
+again leaves exactly the lake an uninterrupted run leaves.
 """
 
 CATALOG_EPILOG = """\
@@ -38,6 +51,27 @@ examples:
   crashlab catalog --format json > catalog.json
   crashlab catalog --table trades --gap 10m
 """
+
+
+def _share(text: str) -> float:
+    """`--max-malformed`, checked where it enters (argparse prints the message and exits 2)."""
+    try:
+        return check_max_malformed(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a share from 0 to 1 (e.g. 0.5: refuse a file when more than half of its lines are "
+            "malformed; 0 refuses any malformed line, 1 never refuses)"
+        ) from None
+
+
+def _jobs(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes (a whole number, 1 or more)")
+    return n
 
 
 def _lake(args: argparse.Namespace) -> Lake:
@@ -49,7 +83,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     lake = _lake(args)
     options = Options(
         price_type=args.price_type, venue=args.venue, market=args.market, symbol=args.symbol,
-        interval=args.interval, verify_checksum=not args.no_checksum,
+        interval=args.interval, verify_checksum=not args.no_checksum, max_malformed=args.max_malformed,
     )
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
@@ -76,30 +110,49 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(json.dumps([report_dict(r) for r in reports], indent=2))
     else:
         t = Table(title=f"ingest into {lake.root}", show_lines=False)
-        for col, just in [("file", "left"), ("status", "left"), ("format", "left"), ("read", "right"),
-                          ("written", "right"), ("quarantined", "right"), ("first ts", "left"), ("last ts", "left")]:
-            t.add_column(col, justify=just)  # type: ignore[arg-type]
+        cols = [("file", "left"), ("status", "left"), ("format", "left"), ("read", "right"), ("written", "right"),
+                ("quarantined", "right"), ("first ts", "left"), ("last ts", "left")]
+        refused = [r for r in reports if r.status == "error"]
+        for col, just in cols + ([("why refused", "left")] if refused else []):
+            t.add_column(col, justify=just, overflow="fold", max_width=44 if col == "why refused" else None,  # type: ignore[arg-type]
+                         no_wrap=col in ("first ts", "last ts", "read", "written", "quarantined", "status"))
         for r in reports:
             style = {"written": "green", "already ingested": "dim", "error": "red"}.get(r.status, "")
             t.add_row(
-                Path(r.path).name, f"[{style}]{r.status}[/]", r.format,
+                Path(r.path).name, f"[{style}]{_STATUS.get(r.status, r.status)}[/]", r.format,
                 f"{r.rows_read:,}", f"{r.rows_written:,}",
                 f"[yellow]{r.rows_quarantined:,}[/]" if r.rows_quarantined else "0",
                 r.first_ts.strftime("%Y-%m-%d %H:%M:%S") if r.first_ts else "",
                 r.last_ts.strftime("%Y-%m-%d %H:%M:%S") if r.last_ts else "",
+                *([_cause(r)] if refused else []),
             )
         _console().print(t)
         n = {s: sum(r.status == s for r in reports) for s in ("written", "already ingested", "error")}
         q = sum(r.rows_quarantined for r in reports)
         console.print(
-            f"{n['written']} written, {n['already ingested']} already ingested, {n['error']} failed; "
+            f"{n['written']} written, {n['already ingested']} already ingested, {n['error']} refused "
+            f"(nothing of a refused file is written); "
             f"{sum(r.rows_written for r in reports):,} rows written, {q:,} quarantined"
             + (" (see `crashlab sql \"SELECT * FROM quarantine\"`)" if q else "")
         )
     for r in reports:
         if r.status == "error":
-            console.print(f"[red]error:[/] {r.message}")
+            console.print(f"[red]refused:[/] {r.message}")
     return 1 if any(r.status == "error" for r in reports) else 0
+
+
+#: How a report's status reads in the summary table (`error` stays the status in JSON).
+_STATUS = {"error": "refused"}
+
+
+def _cause(r) -> str:
+    """The cause of a refusal in short: its first clause, without the file's path (the table's first
+    column names the file; the whole message follows the table)."""
+    if r.status != "error":
+        return ""
+    msg = r.message.splitlines()[0] if r.message else ""
+    msg = msg[len(r.path) + 2:] if msg.startswith(r.path) else msg
+    return msg.split(": ")[0]
 
 
 def cmd_catalog(args: argparse.Namespace) -> int:
@@ -152,13 +205,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
     p.add_argument("--lake", help="lake folder (default: $CRASHLAB_LAKE or data/lake)")
-    p.add_argument("--jobs", type=int, default=1, help="files ingested in parallel (processes)")
+    p.add_argument("--jobs", type=_jobs, default=1, metavar="N",
+                   help="files ingested in parallel, in worker processes that die with this one (default 1)")
     p.add_argument("--price-type", choices=["trade", "mark", "index", "premium"], help="what a kline/bar file's prices are")
     p.add_argument("--venue", help="venue of a generic bars/prices file (e.g. binance)")
     p.add_argument("--market", help="market of a generic file: spot, perp, future, option")
     p.add_argument("--symbol", help="ccxt unified symbol of a generic file (e.g. USDE/USDT)")
     p.add_argument("--interval", help="bar interval of a generic bars file (e.g. 1m)")
     p.add_argument("--no-checksum", action="store_true", help="do not verify .CHECKSUM files beside zips")
+    p.add_argument(
+        "--max-malformed", type=_share, default=MAX_MALFORMED, metavar="SHARE",
+        help=f"refuse a file whose malformed lines (extra field, undecodable bytes, stray CR, NUL bytes) are more "
+        f"than this share of its lines, 0 to 1 (default {MAX_MALFORMED}: more than half; 0 refuses any, 1 none); "
+        "below it they are quarantined and the rest is ingested",
+    )
     p.add_argument("--format", choices=["table", "json"], default="table", help="summary format")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ingest)

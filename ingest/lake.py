@@ -14,6 +14,11 @@ are removed by `recover()` before the next ingest, which then rewrites them with
 so a killed-then-rerun ingest leaves exactly the lake of an uninterrupted run. Every single file is
 written to a hidden temp name and renamed, so no reader ever sees half a file.
 
+One writer at a time: `lock()` is an flock on `<lake>/.lock`, held for a whole ingest (recovery
+included), and `commit()` refuses to run unless this process holds it. A pool worker writes under
+its parent's lock by holding the same open lock file (`adopt_lock`): the lock then lasts until the
+last of them exits, so a worker that outlived its parent still excludes the next ingest's recovery.
+
 A large source is ingested chunk by chunk (`pipeline.ingest_chunks`): each chunk's rows go to
 part files, each sorted by ts on its own. Parts of one partition may overlap in time (a Tardis
 file is ordered by arrival, not exchange time), so "sorted" is a per-file promise: readers that
@@ -38,6 +43,7 @@ import fcntl
 import hashlib
 import os
 import re
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +65,16 @@ _SID = re.compile(r"^[0-9a-f]{16}$")
 
 class LakeError(Exception):
     """A lake operation that cannot go on; the message names the file."""
+
+
+#: The lake locks this thread holds: resolved lake root -> descriptor of the locked `.lock` file.
+_held = threading.local()
+
+
+def _held_locks() -> dict[Path, int]:
+    if not hasattr(_held, "fds"):
+        _held.fds = {}
+    return _held.fds
 
 
 @dataclass(frozen=True)
@@ -138,15 +154,49 @@ class Lake:
 
     # ---- writing -----------------------------------------------------------------------------
     @contextmanager
-    def lock(self) -> Iterator[None]:
-        """One writer at a time per lake (another ingest waits), so recovery never races a writer."""
+    def lock(self) -> Iterator[int]:
+        """One writer at a time per lake (another ingest waits), so recovery never races a writer.
+
+        Yields the descriptor of the locked file (a pool passes it to its workers, see `adopt_lock`).
+        Re-entrant within a thread: code that already holds the lock keeps it. The lock is released
+        when the file is closed, not by an explicit unlock, so it lasts while any process that
+        adopted the same open file still lives.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
+        key, held = self.root.resolve(), _held_locks()
+        if key in held:
+            yield held[key]
+            return
         with open(self.root / ".lock", "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
+            held[key] = fh.fileno()
             try:
-                yield
+                yield fh.fileno()
             finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+                del held[key]
+
+    def adopt_lock(self, fd: int) -> None:
+        """Hold this lake's lock through `fd`, the locked `.lock` file a parent process passed down.
+
+        Refused unless `fd` is this lake's lock file and already holds the lock: a worker never
+        writes under a lock it does not have."""
+        self._check_lock(fd)
+        _held_locks()[self.root.resolve()] = fd
+
+    def _check_lock(self, fd: int | None) -> None:
+        lock_file = self.root / ".lock"
+        try:
+            if fd is None:
+                raise LakeError("this process does not hold it")
+            st, on_disk = os.fstat(fd), os.stat(lock_file)
+            if (st.st_dev, st.st_ino) != (on_disk.st_dev, on_disk.st_ino):
+                raise LakeError(f"descriptor {fd} is not {lock_file}")
+            # On the open file that holds the lock this succeeds at once (it is already held);
+            # on any other it fails, as another process holds the lock.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (OSError, LakeError) as e:
+            why = "another process holds it" if isinstance(e, BlockingIOError) else str(e)
+            raise LakeError(f"{self.root}: writing without the lake's lock ({lock_file}): {why}") from None
 
     def recover(self) -> list[Path]:
         """Remove temp files and data files of sources that never committed. Call under `lock()`."""
@@ -271,9 +321,10 @@ class Lake:
         return QuarantineWriter(self.quarantine_dir / f"{source_id}.parquet")
 
     def commit(self, source_id: str, manifest_row: dict) -> None:
-        """Write the manifest row: from now on the source is in the lake."""
+        """Write the manifest row: from now on the source is in the lake. Only under `lock()`."""
         if not _SID.match(source_id):
             raise LakeError(f"bad source id {source_id!r}")
+        self._check_lock(_held_locks().get(self.root.resolve()))
         row = {name: manifest_row.get(name) for name in schema.MANIFEST_SCHEMA.names}
         m = pa.Table.from_pylist([row], schema=schema.MANIFEST_SCHEMA)
         self._write_atomic(m, self.manifest_dir / f"{source_id}.parquet")
@@ -291,17 +342,18 @@ class Lake:
         """
         if not _SID.match(source_id):
             raise LakeError(f"bad source id {source_id!r}")
-        # A previous, killed attempt of this source may have left files under other partitions.
-        self.remove_source(source_id)
         written: dict[str, int] = {}
-        for table, df in tables.items():
-            if df.height == 0:
-                continue
-            written[table] = df.height
-            self.write_rows(source_id, table, df)
-        with self.quarantine_writer(source_id) as qw:
-            qw.write(quarantine)
-        self.commit(source_id, manifest_row)
+        with self.lock():
+            # A previous, killed attempt of this source may have left files under other partitions.
+            self.remove_source(source_id)
+            for table, df in tables.items():
+                if df.height == 0:
+                    continue
+                written[table] = df.height
+                self.write_rows(source_id, table, df)
+            with self.quarantine_writer(source_id) as qw:
+                qw.write(quarantine)
+            self.commit(source_id, manifest_row)
         return written
 
 

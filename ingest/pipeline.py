@@ -1,15 +1,29 @@
-"""Ingest files into the lake: detect, parse, validate, write, account, in parallel, resumably."""
+"""Ingest files into the lake: detect, parse, validate, write, account, in parallel, resumably.
+
+Parallel ingest (`jobs > 1`) runs files in spawned worker processes that die with their parent and
+write only under the parent's lake lock: the parent passes its locked lock file down (each worker
+holds the same open file, `Lake.adopt_lock`), and a worker's commit checks it holds that lock. So a
+parent killed with SIGKILL takes its workers with it (Linux: a parent-death signal; elsewhere the
+workers watch their parent), and a worker that somehow outlived it still holds the lock, so the next
+ingest waits for it instead of recovering the lake under its feet.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
+import signal
+import sys
+import threading
+import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from multiprocessing import get_context
+from multiprocessing import get_context, reduction
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -18,7 +32,8 @@ import polars as pl
 
 from . import __version__
 from .detect import detect, expand_paths
-from .formats.base import FormatError, Options, Parsed
+from .formats.base import MAX_MALFORMED, FormatError, Options, Parsed
+from .formats.malformed import merge as merge_malformed
 from .lake import Lake
 from .validate import SeenIds, validate
 
@@ -49,8 +64,9 @@ def sha256_file(path: Path) -> str:
 def _raw_text(parsed: Parsed, bad: pl.DataFrame, tables: dict[str, pl.DataFrame]) -> pl.Series:
     """The rejected units as text, so a human can see what was refused.
 
-    From `Parsed.raw` (the line as read) where it has the unit; otherwise the first canonical row
-    made from the unit, as JSON (units rejected after parsing may have no raw line).
+    From `Parsed.raw` (the line as read) where it has the unit; else the text the importer gave with
+    the rejection (a malformed line, which no table row and no parsed line has); otherwise the first
+    canonical row made from the unit, as JSON (units rejected after parsing may have no raw line).
     """
     if bad.height == 0:
         return pl.Series("raw", [], dtype=pl.String)
@@ -63,6 +79,12 @@ def _raw_text(parsed: Parsed, bad: pl.DataFrame, tables: dict[str, pl.DataFrame]
             "_row", pl.concat_str([pl.col(c).cast(pl.String).fill_null("") for c in cols], separator=",").alias("raw")
         )
         out = keys.join(raw, on="_row", how="left", maintain_order="left")["raw"]
+        if out.null_count() == 0:
+            return out
+    own = parsed.rejected.filter(pl.col("raw").is_not_null())
+    if own.height:
+        given = keys.join(own.select("_row", "raw").unique("_row", keep="first"), on="_row", how="left", maintain_order="left")
+        out = out.fill_null(given["raw"]).alias("raw")
         if out.null_count() == 0:
             return out
     missing = keys.filter(out.is_null())
@@ -96,7 +118,7 @@ def ingest_parsed(lake: Lake, parsed: Parsed, *, path: str, sha256: str, source:
 
 def ingest_chunks(
     lake: Lake, chunks: Iterable[Parsed], *, path: str, sha256: str, source: str, cursor: dict | None = None,
-    on_chunk: Callable[[int], None] | None = None,
+    on_chunk: Callable[[int], None] | None = None, max_malformed: float = MAX_MALFORMED,
 ) -> FileReport:
     """Validate and commit one source given as consecutive chunks (`_row` ranges in file order).
 
@@ -106,17 +128,32 @@ def ingest_chunks(
     part way leaves only uncommitted files, which are removed here or by `Lake.recover()`.
     The format, day and raw lines are per chunk; the decisions of the LAST chunk are the file's
     (an importer may complete them as it reads, e.g. the timestamp-unit evidence).
+    A source whose malformed units (`Parsed.malformed`) are more than `max_malformed` of its units
+    is refused (FormatError) after its last chunk, and nothing of it stays.
+    Everything runs under the lake's lock (taken here unless this thread or process holds it).
     `on_chunk(rows_read_so_far)` is called after each chunk is written (progress for large files).
     """
     source_id = sha256[:16]
     rep = FileReport(path=path, status="written", source_id=source_id)
-    if lake.is_ingested(source_id):
-        rep.status = "already ingested"
-        return rep
+    with lake.lock():
+        if lake.is_ingested(source_id):
+            rep.status = "already ingested"
+            return rep
+        _write_source(lake, chunks, rep, sha256=sha256, source=source, cursor=cursor, on_chunk=on_chunk,
+                      max_malformed=max_malformed)
+    return rep
+
+
+def _write_source(
+    lake: Lake, chunks: Iterable[Parsed], rep: FileReport, *, sha256: str, source: str, cursor: dict | None,
+    on_chunk: Callable[[int], None] | None, max_malformed: float,
+) -> None:
+    source_id, path = rep.source_id, rep.path
     seen = SeenIds()
     written_paths: list[Path] = []
     counts: dict[str, int] = {}
     decisions: dict = {}
+    malformed: dict[str, tuple[int, int]] = {}
     n_chunks = 0
     lake.remove_source(source_id)  # a previous, killed attempt may have left files behind
     try:
@@ -126,6 +163,7 @@ def ingest_chunks(
                 if part == 0:
                     rep.format = parsed.format
                 rep.rows_read += parsed.rows_read
+                malformed = merge_malformed(malformed, parsed.malformed)
                 good, bad = validate(parsed, seen=seen)
                 n_written = _units(good)
                 if n_written + bad.height != parsed.rows_read:
@@ -155,6 +193,7 @@ def ingest_chunks(
                 good = bad = df = parsed = None  # type: ignore[assignment]  # free the chunk
                 if on_chunk is not None:
                     on_chunk(rep.rows_read)
+            _refuse_if_mostly_malformed(path, rep.format, rep.rows_read, malformed, max_malformed)
         if n_chunks == 1:
             lake.unpart(written_paths)
         manifest_row = {
@@ -178,7 +217,25 @@ def ingest_chunks(
         lake.remove_source(source_id)
         raise
     rep.tables = counts
-    return rep
+
+
+def _refuse_if_mostly_malformed(
+    path: str, fmt: str, rows_read: int, malformed: dict[str, tuple[int, int]], limit: float
+) -> None:
+    """Refuse a file more malformed than `limit` (a share of its units): it is most likely not a
+    `fmt` file at all, and quarantining it line by line would pass garbage off as a source."""
+    n = sum(k for k, _ in malformed.values())
+    if not n or n <= limit * rows_read:
+        return
+    kinds = "; ".join(
+        f"{k:,} {kind} (first at line {first})"
+        for kind, (k, first) in sorted(malformed.items(), key=lambda kv: (-kv[1][0], kv[0]))
+    )
+    raise FormatError(
+        path,
+        f"{n:,} of its {rows_read:,} lines ({n / rows_read:.0%}) are malformed, more than the "
+        f"{limit:.0%} a file may have (--max-malformed {limit:g}): {kinds}. Is it really a {fmt} file?",
+    )
 
 
 #: Source units per chunk for importers that stream (`iter_parse`): ~1 GB peak for Tardis trades.
@@ -206,7 +263,8 @@ def ingest_file(
             return FileReport(path=path, status="already ingested", source_id=sha[:16])
         importer = detect(p)
         chunks = _chunks(importer, p, options, chunk_rows)
-        return ingest_chunks(lake, chunks, path=str(p), sha256=sha, source=importer.SOURCE, on_chunk=on_chunk)
+        return ingest_chunks(lake, chunks, path=str(p), sha256=sha, source=importer.SOURCE, on_chunk=on_chunk,
+                             max_malformed=options.max_malformed)
     except FormatError as e:
         return FileReport(path=path, status="error", message=str(e))
     except OSError as e:
@@ -214,6 +272,65 @@ def ingest_file(
     except Exception as e:  # an importer bug must still name the file, and the run goes on
         tb = traceback.format_exc(limit=3)
         return FileReport(path=path, status="error", message=f"{path}: {type(e).__name__}: {e}\n{tb}")
+
+
+# ---- the worker pool -----------------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+class _InheritedFd:
+    """A descriptor handed to a spawned worker: pickled while the worker is being started, it is
+    passed into the new process (multiprocessing's own way of giving a child a pipe end)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def __reduce__(self):
+        return (_InheritedFd._rebuild, (reduction.DupFd(self.fd),))
+
+    @staticmethod
+    def _rebuild(dup) -> "_InheritedFd":
+        return _InheritedFd(dup.detach())
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this process as soon as `parent` ends, however it ends (SIGKILL included).
+
+    Linux: the kernel sends SIGKILL when the parent dies (PR_SET_PDEATHSIG); elsewhere, or if prctl
+    is refused, a thread checks the parent id twice a second. The parent may have died before
+    this ran (then this process already has another parent), so the parent id is checked after.
+    """
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if not armed:
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _worker_init(parent: int, lake_root: str, lock: _InheritedFd) -> None:
+    """Start of each pool worker: die with the parent, and write under the parent's lake lock."""
+    _die_with_parent(parent)
+    Lake.open(lake_root).adopt_lock(lock.fd)
+
+
+def _worker_died(f: Path, e: BaseException) -> FileReport:
+    return FileReport(
+        path=str(f), status="error",
+        message=f"{f}: the worker process ingesting it died ({type(e).__name__}: killed, or out of memory?); "
+        "whatever it did not commit was not written: run the ingest again (committed files are skipped)",
+    )
 
 
 def ingest_paths(
@@ -230,11 +347,13 @@ def ingest_paths(
     `chunk_rows` bounds memory per file for importers that stream (see `ingest_chunks`).
     `rows_progress(path, rows_read_so_far)` follows a large file chunk by chunk (one process only:
     with `jobs > 1` the files are in other processes and only `progress` is called).
+    With `jobs > 1` the files go to spawned worker processes that hold this process's lake lock and
+    die with it (see the module docstring).
     """
     options = options or Options()
     files = expand_paths([Path(p) for p in paths])
     reports: list[FileReport] = []
-    with lake.lock():
+    with lake.lock() as lock_fd:
         lake.recover()
         if jobs <= 1 or len(files) <= 1:
             for f in files:
@@ -244,10 +363,16 @@ def ingest_paths(
                 if progress:
                     progress(r)
         else:
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as ex:
+            with ProcessPoolExecutor(
+                max_workers=min(jobs, len(files)), mp_context=get_context("spawn"), initializer=_worker_init,
+                initargs=(os.getpid(), str(lake.root), _InheritedFd(lock_fd)),
+            ) as ex:
                 futs = {ex.submit(ingest_file, str(lake.root), str(f), options, chunk_rows): f for f in files}
                 for fut in as_completed(futs):
-                    r = fut.result()
+                    try:
+                        r = fut.result()
+                    except BrokenProcessPool as e:
+                        r = _worker_died(futs[fut], e)
                     reports.append(r)
                     if progress:
                         progress(r)

@@ -27,7 +27,7 @@ VENUES = frozenset(
 MARKETS = frozenset({"spot", "perp", "future", "option", "pool", "index"})
 
 # Columns every market-data table starts with. `source_id` (not in DESIGN.md's list) is the first
-# 16 hex digits of the source file's sha256: it ties each row to its `_manifest` entry.
+# 16 hex digits of the source file's sha256: it ties each row to its `manifest` entry.
 _KEY = [
     ("event_id", pa.int64()),
     ("ts", TS),

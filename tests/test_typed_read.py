@@ -1,9 +1,11 @@
 """The typed CSV read (fast path) and the text read (fallback) must give the same rows.
 
-`common.read_csv_cells` reads numeric columns as numbers and, when any cell is not a number,
-reads the chunk as text and strips the numeric columns, leaving the importers' lenient casts to
-decide. A file must ingest to the same lake whichever path it took, and a rejected line must be
-quoted exactly as it is in the file on both paths.
+`common.read_csv_cells` reads numeric columns as numbers and, when any cell is not a number (or a
+line is malformed), scans the chunk line by line, sets the malformed lines apart and reads the rest
+as text with the numeric columns stripped, leaving the importers' lenient casts to decide. A file
+must ingest to the same lake whichever path it took, every line must come out exactly once (a row
+or a malformed line) under its own line number, and a rejected line must be quoted exactly as it
+is in the file on both paths.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ def _same(x: object, y: object) -> bool:
 def test_typed_cells_equal_stripped_text_cast(cells, dtype):
     """Wherever the typed read succeeds, each value equals what the text path's cast gives."""
     data = _csv(cells)
-    typed, _ = common.read_csv_cells(Path("x.csv"), data, ["a"], header=True, numeric={"a": dtype})
-    text = common.read_csv_strings(Path("x.csv"), data, ["a"], header=True)
+    typed = common.read_csv_cells(Path("x.csv"), data, ["a"], header=True, numeric={"a": dtype}).cells
+    text = common.read_csv_cells(Path("x.csv"), data, ["a"], header=True).cells
     assert typed["_row"].to_list() == text["_row"].to_list()
     expected = text["a"].str.strip_chars().cast(dtype, strict=False).to_list()
     got = typed["a"].cast(dtype, strict=False).to_list()
@@ -89,3 +91,29 @@ def test_rejected_lines_are_quoted_as_written_on_the_fast_path(tmp_path):
     q = lake.quarantine().row(0, named=True)
     assert q["reason"] == "non-positive price"
     assert q["raw"] == f"coinbase,BTC-USD,{US + 20_000},{US + 20_007},20,buy,-0.50,0.0100"
+
+
+#: Lines made of what damaged CSV lines are made of: extra commas, CRs, NULs, bytes that are no UTF-8.
+_LINE = st.lists(
+    st.sampled_from([b"1", b"2.5", b" 7", b"x", b",", b",", b"\r", b"\x00", b"\xff", b"\xc3\xa9", b"", b'"']),
+    max_size=8,
+).map(b"".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_LINE, min_size=1, max_size=15), st.booleans(), st.booleans())
+def test_every_line_comes_out_once_under_its_own_number(lines, quoted, typed):
+    """Whatever the lines hold, each is a row or a malformed line, with its 1-based file line, and the
+    typed and text reads agree on which lines are malformed and on the rows."""
+    data = b"a,b,c\n" + b"".join(l + b"\n" for l in lines)
+    numeric = {"a": pl.Float64, "c": pl.Int64} if typed else None
+    chunk = common.read_csv_cells(Path("x.csv"), data, ["a", "b", "c"], header=True, numeric=numeric, quoted=quoted)
+    text = common.read_csv_cells(Path("x.csv"), data, ["a", "b", "c"], header=True, quoted=quoted)
+    got = sorted(chunk.cells["_row"].to_list() + chunk.malformed["_row"].to_list())
+    assert got == list(range(2, len(lines) + 2)) and chunk.rows_read == len(lines)
+    assert chunk.malformed.equals(text.malformed)
+    assert chunk.cells["_row"].to_list() == text.cells["_row"].to_list()
+    for row, raw in zip(chunk.malformed["_row"], chunk.malformed["raw"]):
+        line = lines[row - 2]
+        assert raw == line.decode("utf-8", "backslashreplace").replace("\r", "\\r").replace("\x00", "\\x00")
+        assert line.count(b",") >= 3 or b"\r" in line or b"\x00" in line or b"\xff" in line or b'"' in line

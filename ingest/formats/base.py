@@ -9,6 +9,11 @@ pipeline) plus `_row`: the source unit the row came from (the 1-based line numbe
 A unit is written only if every table row derived from it passes validation; otherwise all its
 rows are dropped and the unit is quarantined once, so `rows_read = written + quarantined` counts
 source units, whatever fan-out a format has (a 25-level snapshot line makes 50 book rows).
+
+A malformed unit (a CSV line with an extra field, undecodable bytes, a stray CR or NUL bytes; a
+line that is not JSON) is quarantined like any other, and also counted in `Parsed.malformed`: a
+file whose malformed units are more than `Options.max_malformed` of its units (default
+`MAX_MALFORMED`, half) is refused as a whole, since it is most likely not the format it claims.
 """
 
 from __future__ import annotations
@@ -21,6 +26,20 @@ from typing import Any, Callable, Protocol
 import polars as pl
 
 QUARANTINE_COLUMNS = {"_row": pl.Int64, "reason": pl.String, "raw": pl.String}
+
+#: A file is refused when more than this share of its units are malformed (see the module doc):
+#: above half, a file is more garbage than data, and quarantining it row by row would hide that.
+MAX_MALFORMED = 0.5
+
+
+def check_max_malformed(value: float) -> float:
+    """The `max_malformed` share, checked: a number from 0 (refuse any malformed line) to 1 (never refuse)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(
+            f"max_malformed={value!r}: must be a share of a file's lines from 0 to 1 "
+            f"(0 refuses a file with any malformed line, 1 never refuses; default {MAX_MALFORMED})"
+        )
+    return float(value)
 
 
 class FormatError(Exception):
@@ -47,6 +66,9 @@ class Parsed:
     # is only read again if some line is rejected (see `common.read_csv_cells`).
     raw: pl.DataFrame | Callable[[], pl.DataFrame] | None = None
     id_columns: dict[str, list[str]] = field(default_factory=dict)  # override per table
+    # Units in `rejected` that are no unit of this format at all, by kind (e.g. "extra field"):
+    # (how many, first line of the file). Counted against `Options.max_malformed` over the whole file.
+    malformed: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -59,6 +81,10 @@ class Options:
     symbol: str | None = None
     interval: str | None = None
     verify_checksum: bool = True
+    max_malformed: float = MAX_MALFORMED  # refuse a file with more than this share of malformed lines
+
+    def __post_init__(self) -> None:
+        self.max_malformed = check_max_malformed(self.max_malformed)
 
 
 class Importer(Protocol):

@@ -294,7 +294,7 @@ def parse(path: Path, options: Options) -> Parsed:
     width = len(first.split(","))
     if not market:
         # Only the timestamp unit can still tell: µs is spot (from 2025); ms in 2025 is futures.
-        probe = c.read_csv_strings(path, data, [f"c{i}" for i in range(width)], header=header)
+        probe = c.read_csv_cells(path, data, [f"c{i}" for i in range(width)], header=header, quoted=False).cells
         unit, _ = c.decide_unit(probe.select(c.integer("c0")).to_series())
         if unit == "us":
             market, basis = "spot", "µs timestamps (spot since 2025)"
@@ -304,8 +304,9 @@ def parse(path: Path, options: Options) -> Parsed:
             raise FormatError(path, "cannot tell spot from futures for this file: pass --market spot or --market perp")
     decisions.update(market=market, market_basis=basis)
     ins, cols = _instrument_and_columns(path, market, native, kind, width, header, first, decisions)
-    df = c.read_csv_strings(path, data, cols, header=header)
-    rejected = [c.empty_rejected()]
+    chunk = c.read_csv_cells(path, data, cols, header=header, quoted=False)
+    df = chunk.cells
+    rejected = [c.empty_rejected(), chunk.malformed]
     if kind in ("bookDepth", "metrics"):
         ts = pl.col(ts_col).str.strip_chars().str.to_datetime("%Y-%m-%d %H:%M:%S", strict=False, time_zone="UTC").dt.cast_time_unit("us")
         work = df.with_columns(ts.alias("_ts"))
@@ -350,7 +351,8 @@ def parse(path: Path, options: Options) -> Parsed:
         decisions["price_type"] = price_type
         tables = {"bars": _klines(work, ins, native, interval, price_type)}
     rej = pl.concat(rejected, how="vertical_relaxed").unique("_row", keep="first", maintain_order=True)
-    return Parsed(format=fmt, rows_read=df.height, tables=tables, rejected=rej, day=day, decisions=decisions, raw=df)
+    return Parsed(format=fmt, rows_read=chunk.rows_read, tables=tables, rejected=rej, day=day, decisions=decisions,
+                  raw=df, malformed=chunk.malformed_kinds())
 
 
 def iter_parse(path: Path, options: Options, chunk_rows: int) -> Iterator[Parsed]:
@@ -378,7 +380,10 @@ def iter_parse(path: Path, options: Options, chunk_rows: int) -> Iterator[Parsed
     expected = _expected_unit(market, day)
     evidence: dict[str, int] = {}
     numeric = {n: (pl.Int64 if n == ts_col else pl.Float64) for n in cols if n in _NUMERIC_TRADE_COLUMNS or n == ts_col}
-    for df, text in c.iter_csv_cells(path, cols, header=header, chunk_rows=chunk_rows, numeric=numeric):
+    tid = "agg_trade_id" if kind == "aggTrades" else "id"
+    for chunk in c.iter_csv_cells(path, cols, header=header, chunk_rows=chunk_rows, numeric=numeric, quoted=False,
+                                  verbatim=[tid]):
+        df = chunk.cells
         _, chunk_evidence = c.decide_unit(df.select(c.integer(ts_col)).to_series())
         for k, v in chunk_evidence.items():
             evidence[k] = evidence.get(k, 0) + v
@@ -386,11 +391,11 @@ def iter_parse(path: Path, options: Options, chunk_rows: int) -> Iterator[Parsed
         decisions.update(ts_unit=majority, ts_unit_rows=dict(evidence), ts_unit_expected=expected)
         unit = None if majority is None else expected  # a wrong majority is refused after the last chunk
         work = df.with_columns(c.integer(ts_col).alias("_ts_i")).with_columns(c.to_utc_us("_ts_i", unit).alias("_ts"))
-        rejected = [c.empty_rejected(), c.unit_rejections(work, "_ts_i", unit, ts_col),
+        rejected = [c.empty_rejected(), chunk.malformed, c.unit_rejections(work, "_ts_i", unit, ts_col),
                     c.rejections(work, c.boolean("is_buyer_maker").is_null(), "is_buyer_maker is not true/false")]
         rej = pl.concat(rejected, how="vertical_relaxed").unique("_row", keep="first", maintain_order=True)
-        yield Parsed(format=fmt, rows_read=df.height, tables={"trades": _trades(work, kind, ins, native)},
-                     rejected=rej, day=day, decisions=decisions, raw=text)
+        yield Parsed(format=fmt, rows_read=chunk.rows_read, tables={"trades": _trades(work, kind, ins, native)},
+                     rejected=rej, day=day, decisions=decisions, raw=chunk.text, malformed=chunk.malformed_kinds())
     unit = _majority(evidence)
     if unit is not None and unit != expected:
         raise FormatError(

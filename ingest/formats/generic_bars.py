@@ -21,6 +21,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from . import common as c
+from . import malformed as mal
 from .base import FormatError, Options, Parsed
 
 FORMAT = "bars"
@@ -91,22 +92,25 @@ def parse(path: Path, options: Options) -> Parsed:
     if options.market not in MARKETS:
         raise FormatError(path, f"--market {options.market!r} is not one of {', '.join(sorted(MARKETS))}")
     decisions: dict = {"venue": options.venue, "market": options.market, "symbol": options.symbol}
+    malformed = c.empty_rejected()
     if _is_parquet(path):
         try:
             df = pl.read_parquet(path)
         except Exception as e:
             raise FormatError(path, f"cannot read Parquet (truncated or corrupt?): {e}") from None
-        offset = 1
+        df = df.with_row_index("_row", offset=1).with_columns(pl.col("_row").cast(pl.Int64))
     else:
         data = c.read_bytes(path)
         first = c.first_line(data)
         names = [h.strip().strip('"') for h in first.split(",")]
-        df = c.read_csv_strings(path, data, names, header=True).drop("_row") if first else pl.DataFrame()
-        offset = 2
-    lower = {n.lower(): n for n in df.columns}
+        if first:
+            chunk = c.read_csv_cells(path, data, names, header=True)
+            df, malformed = chunk.cells, chunk.malformed
+        else:
+            df = pl.DataFrame(schema={"_row": pl.Int64})
+    lower = {n.lower(): n for n in df.columns if n != "_row"}
     if not _OHLC <= set(lower):
-        raise FormatError(path, f"no open/high/low/close columns in {df.columns}")
-    df = df.with_row_index("_row", offset=offset).with_columns(pl.col("_row").cast(pl.Int64))
+        raise FormatError(path, f"no open/high/low/close columns in {[n for n in df.columns if n != '_row']}")
     raw = df.select("_row", *[pl.col(n).cast(pl.String) for n in df.columns if n != "_row"])
     tcol = _pandas_index(path) if _is_parquet(path) else None
     if tcol not in df.columns:
@@ -115,7 +119,7 @@ def parse(path: Path, options: Options) -> Parsed:
         raise FormatError(path, f"no time column (looked for the pandas index and {', '.join(_TIME_NAMES[:-1])})")
     decisions["time_column"] = tcol
     t = df[tcol]
-    rejected = [c.empty_rejected()]
+    rejected = [c.empty_rejected(), malformed]
     if isinstance(t.dtype, pl.Datetime):
         if t.dtype.time_zone is None:
             decisions["timezone"] = "naive datetimes taken as UTC"
@@ -172,6 +176,6 @@ def parse(path: Path, options: Options) -> Parsed:
     )
     rej = pl.concat(rejected, how="vertical_relaxed").unique("_row", keep="first", maintain_order=True)
     return Parsed(
-        format="bars.ohlcv", rows_read=df.height, tables={"bars": bars}, rejected=rej, day=c.file_day(path),
-        decisions=decisions, raw=raw,
+        format="bars.ohlcv", rows_read=df.height + malformed.height, tables={"bars": bars}, rejected=rej,
+        day=c.file_day(path), decisions=decisions, raw=raw, malformed=mal.kinds(malformed),
     )

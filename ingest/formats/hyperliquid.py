@@ -74,7 +74,10 @@ def _lines(path: Path) -> list[bytes]:
             data = lz4.frame.decompress(fh.read())
     except Exception as e:
         raise FormatError(path, f"cannot decompress LZ4 (truncated or corrupt?): {e}") from None
-    return data.splitlines()
+    # Lines end at LF only: `bytes.splitlines` would also cut at a bare CR (or other separators) and
+    # shift every later line number. A CR inside a JSON line is JSON's own business.
+    lines = data.split(b"\n")
+    return lines[:-1] if lines and lines[-1] == b"" else lines
 
 
 def _ms_to_us(v: object) -> int | None:
@@ -109,6 +112,7 @@ def _instrument_table(coins: list[str]) -> pl.DataFrame:
 def _fills(path: Path, lines: list[bytes], by_block: bool) -> Parsed:
     recs: list[dict] = []
     bad: list[tuple[int, str, str]] = []
+    bad_lines: list[int] = []
     ordinal = 0
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
@@ -135,6 +139,7 @@ def _fills(path: Path, lines: list[bytes], by_block: bool) -> Parsed:
         except (ValueError, KeyError, TypeError) as e:
             ordinal += 1
             bad.append((ordinal, f"line {lineno} is not a fill record: {type(e).__name__}: {e}", line[:500].decode("utf-8", "replace")))
+            bad_lines.append(lineno)
     fills = pl.DataFrame(recs, schema={
         "_fill": pl.Int64, "_line": pl.Int64, "address": pl.String, "coin": pl.String, "px": pl.String, "sz": pl.String,
         "side": pl.String, "time": pl.Int64, "tid": pl.String, "crossed": pl.Boolean, "liq_user": pl.String,
@@ -193,11 +198,12 @@ def _fills(path: Path, lines: list[bytes], by_block: bool) -> Parsed:
     return Parsed(
         format=f"hyperliquid.{'fills_by_block' if by_block else 'fills'}", rows_read=first.height + len(bad),
         tables=tables, rejected=rejected, day=c.file_day(path, compact=True), decisions=decisions, raw=raw,
+        malformed={"lines that are not fill records": (len(bad), bad_lines[0])} if bad else {},
     )
 
 
 def _l2book(path: Path, lines: list[bytes]) -> Parsed:
-    recs, bad, units = [], [], 0
+    recs, bad, units, unreadable = [], [], 0, []
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -215,6 +221,7 @@ def _l2book(path: Path, lines: list[bytes]) -> Parsed:
                 bad.append((lineno, "snapshot has no levels", line[:500].decode("utf-8", "replace")))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             bad.append((lineno, f"not an l2Book snapshot: {type(e).__name__}: {e}", line[:500].decode("utf-8", "replace")))
+            unreadable.append(lineno)
     df = pl.DataFrame(recs, schema={
         "_row": pl.Int64, "coin": pl.String, "time": pl.Int64, "local_time": pl.String, "side": pl.String,
         "level": pl.Int32, "px": pl.String, "sz": pl.String,
@@ -238,7 +245,7 @@ def _l2book(path: Path, lines: list[bytes]) -> Parsed:
     return Parsed(
         format="hyperliquid.l2Book", rows_read=units, tables={"book_snapshots": snaps}, rejected=rejected,
         day=c.file_day(path, compact=True), decisions={"unit": "snapshot line", "ts_unit": "ms", "local_ts": "node wall clock"},
-        raw=raw,
+        raw=raw, malformed={"lines that are not l2Book snapshots": (len(unreadable), unreadable[0])} if unreadable else {},
     )
 
 

@@ -4,7 +4,8 @@ The repository ships that night's markers as `data/markers.csv`; a user can add 
 the same header. Each row is one event: `ts` (UTC), `end_ts` (empty for a point event; set for a
 window such as Binance's compensation window 21:36-22:16), `label`, `kind`, `source_url`.
 Times are read with `timeutil.parse_ts`, so a trailing `Z` and naive times both mean UTC.
-A row with an unreadable time, an end before its start or an empty label is quarantined, not guessed.
+A row with an unreadable time, an end before its start or an empty label is quarantined, not guessed,
+and so is a malformed line (an extra field, undecodable bytes, a stray CR: `malformed.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import polars as pl
 
 from ..timeutil import parse_ts
+from . import common as c
 from .base import QUARANTINE_COLUMNS, FormatError, Options, Parsed
 
 FORMAT = "markers"
@@ -33,14 +35,13 @@ def _ts(text: str | None):
 
 
 def parse(path: Path, options: Options | None = None) -> Parsed:
-    try:
-        raw = pl.read_csv(path, infer_schema=False, encoding="utf8")
-    except Exception as e:  # polars raises several kinds for a damaged CSV
-        raise FormatError(path, f"cannot read markers CSV: {e}") from None
-    if [c.strip() for c in raw.columns] != HEADER:
-        raise FormatError(path, f"markers header must be {','.join(HEADER)}, got {','.join(raw.columns)}", line=1)
-    raw = raw.with_row_index("_row", offset=2).with_columns(pl.col("_row").cast(pl.Int64))
-    rows, rejected = [], []
+    data = c.read_bytes(path)
+    header = [h.strip() for h in c.first_line(data).split(",")]
+    if header != HEADER:
+        raise FormatError(path, f"markers header must be {','.join(HEADER)}, got {','.join(header)}", line=1)
+    chunk = c.read_csv_cells(path, data, HEADER, header=True)  # labels may be quoted (commas in them)
+    raw = chunk.cells
+    rows, rejected = [], chunk.malformed.to_dicts()
     for rec in raw.iter_rows(named=True):
         line = rec["_row"]
         try:
@@ -78,9 +79,10 @@ def parse(path: Path, options: Options | None = None) -> Parsed:
     frame = pl.DataFrame(rows, schema=schema)
     return Parsed(
         format=FORMAT,
-        rows_read=raw.height,
+        rows_read=chunk.rows_read,
         tables={"markers": frame},
         rejected=pl.DataFrame(rejected, schema=QUARANTINE_COLUMNS),
         decisions={"times": "UTC (naive times read as UTC)"},
         raw=raw.select("_row", *HEADER),
+        malformed=chunk.malformed_kinds(),
     )

@@ -12,8 +12,8 @@ Why these choices: Tardis timestamps are µs; the unit is still decided per row 
 magnitude and rows in another unit are rejected, so a mixed file never shifts prices by 1000×.
 Tardis splits files by `local_timestamp`, so `Parsed.day` is the name's day and the validation's
 slack absorbs exchange times a little before midnight. An exchange id without a mapping in
-`symbols.TARDIS_EXCHANGES` refuses the whole file (no guess); a symbol that cannot be read is
-quarantined row by row. COIN-M (`binance-delivery`) and other inverse amounts are contracts:
+`symbols.TARDIS_EXCHANGES` refuses the whole file (no guess); a symbol that cannot be read, or an
+exchange cell that is no exchange id at all (damage), is quarantined row by row. COIN-M (`binance-delivery`) and other inverse amounts are contracts:
 base = contracts × size / price, quote_amount = contracts × size (USD).
 Trades and liquidations share a header, so the data type comes from the file name.
 """
@@ -64,10 +64,24 @@ def numeric_columns(columns: list[str]) -> dict[str, pl.DataType]:
     return {n: (pl.Int64 if n.endswith("timestamp") else pl.Float64) for n in columns if n not in _TEXT}
 
 
+#: Text columns written as read (the others are checked against known values: an exchange or
+#: symbol mapping, a side), which the CSV reader must check for a CR or NUL inside a cell.
+_VERBATIM = ("id", "is_snapshot")
+
+
+def read_options(columns: list[str]) -> dict:
+    """How `common.read_csv_cells` reads a Tardis CSV: numbers typed, no quoting (Tardis never
+    quotes, so a stray quote is one bad cell, not the start of a field running over many lines)."""
+    return dict(numeric=numeric_columns(columns), quoted=False, verbatim=[n for n in _VERBATIM if n in columns])
+
+
 _NAME = re.compile(
     r"^(?P<exchange>[a-z0-9-]+)_(?P<dtype>" + "|".join(sorted(COLUMNS, key=len, reverse=True))
     + r")_(?P<day>\d{4}-\d{2}-\d{2})_(?P<symbol>.+)\.csv(\.gz)?$"
 )
+
+
+_EXCHANGE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
 
 
 def sniff(path: Path, head: str) -> bool:
@@ -100,6 +114,9 @@ def _instruments(path: Path, df: pl.DataFrame) -> pl.DataFrame:
         pairs = df.select("exchange", "symbol").unique().drop_nulls("exchange")
     rows = []
     for ex, sym in pairs.iter_rows():
+        if not _EXCHANGE_ID.match(ex):  # damage in a cell, not an exchange Tardis might have
+            rows.append((ex, sym, None, None, None, None, None, f"exchange {ex[:40]!r} is not an exchange id"))
+            continue
         try:
             ins = tardis_instrument(ex, sym or "")
             rows.append((ex, sym, ins.venue, ins.market, ins.symbol, ins.contract_size, ins.contract_unit, None))
@@ -256,7 +273,7 @@ def _convert(
     For a chunk, `evidence` accumulates the per-unit row counts over the chunks so far; rows are
     converted as µs (the only unit a Tardis file may have) and the majority is checked at the end.
     """
-    df, text = chunk
+    df = chunk.cells
     ins = _instruments(path, df)
     decisions["exchanges"] = sorted(set(decisions.get("exchanges", [])) | set(ins["exchange"].unique().to_list()))
     sizes = {r["symbol"]: f"{r['_size']:g} {r['_unit']}" for r in ins.iter_rows(named=True) if r["_size"] is not None}
@@ -283,6 +300,7 @@ def _convert(
         unit = "us" if ranked else None
     work = work.with_columns(_utc(work, "_ts_i", unit).alias("_ts"), _utc(work, "_local_i", unit).alias("_local"))
     rejected = [
+        chunk.malformed,
         c.rejections(work, pl.col("exchange").is_null(), "missing exchange"),
         c.rejections(work, pl.col("_sym_err").is_not_null(), pl.col("_sym_err")),
         c.unit_rejections(work, "_ts_i", unit, "timestamp"),
@@ -292,6 +310,7 @@ def _convert(
         tables = _trades(work, dtype == "liquidations")
     elif dtype == "incremental_book_L2":
         tables = _deltas(work)
+        rejected.append(c.rejections(work, c.boolean("is_snapshot").is_null(), "is_snapshot is not true/false"))
     elif dtype.startswith("book_snapshot"):
         n = int(dtype.rsplit("_", 1)[1])
         parts = [(s, i, f"{s}s[{i}].price", f"{s}s[{i}].amount") for i in range(n) for s in ("ask", "bid")]
@@ -306,12 +325,13 @@ def _convert(
     rej = pl.concat(rejected, how="vertical_relaxed").unique("_row", keep="first", maintain_order=True)
     return Parsed(
         format=f"tardis.{dtype}",
-        rows_read=df.height,
+        rows_read=chunk.rows_read,
         tables=tables,
         rejected=rej,
         day=c.file_day(path),
         decisions=decisions,
-        raw=text,
+        raw=chunk.text,
+        malformed=chunk.malformed_kinds(),
     )
 
 
@@ -320,7 +340,7 @@ def parse(path: Path, options: Options) -> Parsed:
     if not dtype:
         return Parsed(format=f"tardis.{expected[0]}", rows_read=0, tables={}, day=c.file_day(path), decisions=decisions)
     data = None if path.name.lower().endswith((".gz", ".csv")) else c.read_bytes(path)
-    chunk = c.read_csv_cells(path, data, expected, header=True, numeric=numeric_columns(expected))
+    chunk = c.read_csv_cells(path, data, expected, header=True, **read_options(expected))
     return _convert(path, chunk, dtype, decisions, None)
 
 
@@ -341,7 +361,7 @@ def iter_parse(path: Path, options: Options, chunk_rows: int) -> Iterator[Parsed
         return
     evidence: dict[str, int] = {}
     lines = max(1, chunk_rows // _FANOUT.get(dtype, 1))
-    for chunk in c.iter_csv_cells(path, expected, header=True, chunk_rows=lines, numeric=numeric_columns(expected)):
+    for chunk in c.iter_csv_cells(path, expected, header=True, chunk_rows=lines, **read_options(expected)):
         yield _convert(path, chunk, dtype, decisions, evidence)
     ranked = sorted((v, k) for k, v in evidence.items() if k != "none")
     _unit_check(path, ranked[-1][1] if ranked else None, evidence)
