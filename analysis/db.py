@@ -3,7 +3,7 @@
 Why it is built this way:
 
 * The database is in memory; the lake is only ever *read*, through views over the Parquet files of
-  committed sources (a source without a `_manifest` entry is a killed ingest and is not shown).
+  committed sources (a source without a `manifest` entry is a killed ingest and is not shown).
 * Safety has two independent layers. (1) Every user statement is parsed by DuckDB first and only
   read statements run (SELECT/WITH/VALUES/FROM, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN of those, a few
   read PRAGMAs); the rest get a one-line ``refused: ...`` error. (2) The connection itself is locked:
